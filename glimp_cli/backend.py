@@ -1,0 +1,306 @@
+"""llama.cpp sessions (the only module that imports llama_cpp)."""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from glimp_cli.config import ModelSpec
+from glimp_cli.errors import ConfigError, ContextError, ModelFileError, RunError
+from glimp_cli.session import Counters, Sampling, StepOutput
+
+MAX_DEFAULT_THREADS = 8
+PIECE_BUFFER_BYTES = 256
+
+
+def _llama_cpp():
+    import llama_cpp  # deferred: importing loads the shared library
+
+    return llama_cpp
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_THREADS))
+
+
+def backend_info() -> dict[str, object]:
+    """What this llama.cpp build can do (for `glimp models` and the benchmark)."""
+    llama_cpp = _llama_cpp()
+    return {
+        "llama_cpp_python": getattr(llama_cpp, "__version__", "?"),
+        "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
+    }
+
+
+_LOG_CALLBACK = None  # keep a reference: llama.cpp calls it from C
+
+
+def _silence_llama_logs() -> None:
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
+        llama_cpp = _llama_cpp()
+        _LOG_CALLBACK = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
+def load_llama(spec: ModelSpec, path: Path):
+    """Load a GGUF file into a llama.cpp model + context."""
+    _silence_llama_logs()
+    from llama_cpp import Llama
+
+    threads = spec.n_threads or default_threads()
+    try:
+        return Llama(
+            model_path=str(path),
+            n_ctx=spec.n_ctx,
+            n_batch=spec.n_batch,
+            n_ubatch=spec.n_batch,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=spec.n_gpu_layers,
+            flash_attn=spec.flash_attn,
+            logits_all=False,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"model '{spec.name}': llama.cpp cannot load {path}: {exc}") from exc
+
+
+class LlamaSession:
+    """A llama.cpp context holding one model's prompt plus the shared transcript.
+
+    Tokens are evaluated lazily: a sampled token, or text caught up from the
+    other model, waits in `_tokens` until logits are next needed, then goes in
+    with one llama_decode call. So a token that crosses a stop string is never
+    evaluated, and nothing is ever evaluated twice.
+    """
+
+    def __init__(self, spec: ModelSpec, llm) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._llm = llm
+        self._llama_cpp = _llama_cpp()
+        self._vocab = llm._model.vocab
+        self._n_ctx = llm.n_ctx()
+        self._n_batch = llm.n_batch
+        self._piece_buffer = ctypes.create_string_buffer(PIECE_BUFFER_BYTES)
+        self._tokens: list[int] = []  # prompt + transcript, evaluated or pending
+        self._own_pending = 0  # pending tokens that this model sampled itself (not prefill)
+        self._prompt_len = 0
+        self._text = ""
+        self._sampler = None
+        self._prompt_done = False
+        self.counters = Counters()
+
+    # -- prompt and transcript -------------------------------------------------
+
+    def render_prompt(self, problem: str) -> str:
+        """The model's prompt: `prompt` template from models.yaml, else its GGUF chat template."""
+        spec = self.spec
+        if spec.prompt is not None:
+            prompt = spec.prompt.replace("{problem}", problem)
+        else:
+            template = self._llm.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise ConfigError(f"model '{spec.name}' has no chat template in its GGUF file: set 'prompt' for it in models.yaml")
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + [{"role": "user", "content": problem}]
+            formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=self._piece(self._llm.token_eos(), special=True),
+                bos_token=self._piece(self._llm.token_bos(), special=True),
+                add_generation_prompt=True,
+            )
+            prompt = formatter(messages=messages).prompt
+        if spec.think_prefix and not prompt.endswith(spec.think_prefix):
+            prompt += spec.think_prefix
+        return prompt
+
+    def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
+        prompt = self.render_prompt(problem)
+        bos_text = self._piece(self._llm.token_bos(), special=True)
+        add_bos = self._llm._model.add_bos_token() and not (bos_text and prompt.startswith(bos_text))
+        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        if len(tokens) + reserve >= self._n_ctx:
+            raise ContextError(
+                f"the problem does not fit model '{self.name}': its prompt is {len(tokens)} tokens, "
+                f"plus {reserve} reserved for generation, and n_ctx is {self._n_ctx}; raise n_ctx in models.yaml"
+            )
+        self._tokens = tokens
+        self._own_pending = 0
+        self._prompt_len = len(tokens)
+        self._text = ""
+        self._prompt_done = False
+        self.counters = Counters()
+        # Keep the evaluated prefix this prompt shares with the last problem (e.g. a system prompt),
+        # but always re-evaluate at least one token so that fresh logits exist.
+        evaluated = self._llm.input_ids[: self._llm.n_tokens]
+        shared = 0
+        for a, b in zip(evaluated, tokens[:-1]):
+            if a != b:
+                break
+            shared += 1
+        self._llm.n_tokens = shared
+        self._make_sampler(sampling)
+
+    def _make_sampler(self, sampling: Sampling) -> None:
+        from llama_cpp._internals import LlamaSampler
+
+        sampler = LlamaSampler()
+        if sampling.temperature <= 0:
+            sampler.add_greedy()
+        else:
+            # vLLM's order, as in the original implementation: temperature, then top-p.
+            sampler.add_temp(sampling.temperature)
+            sampler.add_top_p(sampling.top_p, 1)
+            sampler.add_dist(sampling.seed & 0xFFFFFFFF)
+        self._sampler = sampler
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def catch_up(self, transcript: str) -> None:
+        if not transcript.startswith(self._text):
+            raise RunError(f"model '{self.name}': transcript diverged from its cache (internal error)")
+        missing = transcript[len(self._text) :]
+        if missing:
+            self._tokens += self._llm.tokenize(missing.encode("utf-8"), add_bos=False, special=True)
+            self._text = transcript
+
+    def context_room(self) -> int:
+        return self._n_ctx - len(self._tokens)
+
+    def context_tokens(self) -> int:
+        return len(self._tokens)
+
+    def evaluated_tokens(self) -> int:
+        return self._llm.n_tokens
+
+    # -- evaluation and sampling ---------------------------------------------
+
+    def _flush(self) -> None:
+        """Evaluate pending tokens: one llama_decode call per n_batch tokens."""
+        llm = self._llm
+        start = llm.n_tokens
+        pending = self._tokens[start:]
+        if not pending:
+            return
+        chunks = -(-len(pending) // self._n_batch)
+        llm.eval(pending)
+        self.counters.prefill_tokens += len(pending) - self._own_pending
+        if self._prompt_done:
+            self.counters.decode_calls += chunks
+        self._prompt_done = True
+        self._own_pending = 0
+
+    def next_token_logits(self) -> np.ndarray:
+        self._flush()
+        pointer = self._llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self._llm.n_vocab(),)).copy()
+
+    def sample(self) -> int:
+        self._flush()
+        return self._sampler.sample(self._llm._ctx, -1)
+
+    def _piece(self, token: int, *, special: bool = False) -> str:
+        return self._piece_bytes(token, special=special).decode("utf-8", errors="replace")
+
+    def _piece_bytes(self, token: int, *, special: bool = False) -> bytes:
+        n = self._llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buffer, PIECE_BUFFER_BYTES, 0, special)
+        return self._piece_buffer.raw[: max(n, 0)]
+
+    def token_text(self, token: int) -> str:
+        return self._piece(token)
+
+    def is_eos(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    # -- generation -----------------------------------------------------------
+
+    def generate_step(
+        self, *, first_token: int | None, stops: Sequence[str], max_tokens: int
+    ) -> Generator[str, None, StepOutput]:
+        """Sample until a stop string, EOS or max_tokens; the cache ends exactly at the returned text."""
+        stop_bytes = [s.encode("utf-8") for s in stops if s]
+        hold = max((len(s) for s in stop_bytes), default=1) - 1  # bytes that might start a stop string
+        tokens_before, text_before, own_before = len(self._tokens), self._text, self._own_pending
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        body = bytearray()
+        emitted = 0
+        sampled = 0
+        finish, stop = "length", None
+        completed = False
+        try:
+            token = first_token
+            while sampled < max_tokens:
+                if token is None:
+                    token = self.sample()
+                if self.is_eos(token):
+                    finish = "eos"
+                    break
+                sampled += 1
+                piece = self._piece_bytes(token)
+                scan_from = max(0, len(body) - hold)
+                body += piece
+                found = _find_stop(body, stop_bytes, scan_from)
+                if found is not None:
+                    cut, stop_b = found
+                    if cut == len(body):
+                        self._append_own(token)
+                    else:
+                        # The token runs past the stop string: it is never evaluated; the part
+                        # of its text before the cut is re-tokenized and evaluated instead.
+                        kept = bytes(body[len(body) - len(piece) : cut])
+                        del body[cut:]
+                        self._tokens += self._llm.tokenize(kept, add_bos=False, special=True)
+                    finish, stop = "stop", stop_b.decode("utf-8")
+                    break
+                self._append_own(token)
+                token = None
+                safe = len(body) - hold
+                if safe > emitted:
+                    yield decoder.decode(bytes(body[emitted:safe]))
+                    emitted = safe
+            if emitted < len(body):
+                tail = decoder.decode(bytes(body[emitted:]), final=True)
+                if tail:
+                    yield tail
+            text = bytes(body).decode("utf-8", errors="replace")
+            self._text += text
+            self.counters.generated_tokens += sampled
+            completed = True
+            return StepOutput(text=text, tokens=sampled, finish=finish, stop=stop)
+        finally:
+            if not completed:  # interrupted: leave the cache as it was before the step
+                del self._tokens[tokens_before:]
+                self._llm.n_tokens = min(self._llm.n_tokens, tokens_before)
+                self._text, self._own_pending = text_before, own_before
+
+    def _append_own(self, token: int) -> None:
+        self._tokens.append(token)
+        self._own_pending += 1
+
+
+def _find_stop(body: bytearray, stops: list[bytes], scan_from: int) -> tuple[int, bytes] | None:
+    """(end offset, stop) of the earliest stop string found at or after scan_from."""
+    best = None
+    for stop in stops:
+        at = body.find(stop, scan_from)
+        if at >= 0 and (best is None or at < best[0]):
+            best = (at, stop)
+    return None if best is None else (best[0] + len(best[1]), best[1])
+
+
+def open_session(spec: ModelSpec, *, download: bool = False) -> LlamaSession:
+    """Resolve a model's file, load it, and wrap it in a session."""
+    from glimp_cli.sources import resolve_model_path
+
+    return LlamaSession(spec, load_llama(spec, resolve_model_path(spec, download=download)))

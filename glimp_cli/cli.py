@@ -1,0 +1,184 @@
+"""Thin Typer commands: parse options, build config objects, hand events to a renderer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from glimp_cli.config import Config, ModelSpec, PairSpec, find_config, load_config
+from glimp_cli.entropy import ENTROPY_MODES
+from glimp_cli.errors import ConfigError, GlimpError
+from glimp_cli.policy import MODES, make_policy
+from glimp_cli.session import DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
+
+app = typer.Typer(
+    help="glimp: a small and a large GGUF model share one chain of thought. At each step the small "
+    "model's first-token entropy decides who writes it (GlimpRouter, arXiv 2601.05110).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="models.yaml to use (default: ./models.yaml, then the one shipped with glimp).")]
+PairOpt = Annotated[Optional[str], typer.Option("--pair", help="Named pair from models.yaml (default: its default_pair).")]
+SmallOpt = Annotated[Optional[str], typer.Option("--small", help="Small model: a name from models.yaml or a .gguf path.")]
+LargeOpt = Annotated[Optional[str], typer.Option("--large", help="Large model: a name from models.yaml or a .gguf path.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of rich output.")]
+
+
+def parse_number(value: str, *, option: str) -> float:
+    """A float from the command line, or a ConfigError naming the option."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{option} must be a number, got '{value}'") from None
+
+
+def resolve_pair(config: Config, *, pair: str | None, small: str | None, large: str | None) -> tuple[PairSpec, ModelSpec, ModelSpec]:
+    """The pair from models.yaml with --small/--large applied (names or .gguf paths)."""
+    spec = config.pair(pair)
+    small_spec = _model_arg(config, small or spec.small)
+    large_spec = _model_arg(config, large or spec.large)
+    return dataclasses.replace(spec, small=small_spec.name, large=large_spec.name), small_spec, large_spec
+
+
+def _model_arg(config: Config, value: str) -> ModelSpec:
+    if value.endswith(".gguf") or os.sep in value:
+        return ModelSpec(name=Path(value).stem, path=str(Path(value).resolve()))
+    return config.model(value)
+
+
+def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
+    from glimp_cli.backend import open_session  # deferred: loads llama.cpp
+
+    return open_session(small_spec), open_session(large_spec)
+
+
+@app.command()
+def ask(
+    problem: Annotated[str, typer.Argument(help="The problem to solve.")],
+    pair: PairOpt = None,
+    small: SmallOpt = None,
+    large: LargeOpt = None,
+    threshold: Annotated[Optional[str], typer.Option("--threshold", "-t", help="Entropy threshold in nats; at or below it the small model writes the step.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help=f"Routing policy: {', '.join(MODES)}.")] = "glimp",
+    rate: Annotated[str, typer.Option("--rate", help="For --mode random: probability that a step goes to the large model.")] = "0.25",
+    entropy: Annotated[Optional[str], typer.Option("--entropy", help="Entropy over the full vocabulary (full) or the top 20 tokens, renormalised (topk).")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")] = DEFAULT_TEMPERATURE,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = DEFAULT_TOP_P,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (sampling and --mode random).")] = DEFAULT_SEED,
+    max_step_tokens: Annotated[Optional[int], typer.Option("--max-step-tokens", help="Cap on one step's tokens.")] = None,
+    thinking_budget: Annotated[Optional[int], typer.Option("--thinking-budget", help="Cap on all thinking tokens.")] = None,
+    answer_by: Annotated[Optional[str], typer.Option("--answer-by", help="Who writes the final answer: large, small or last.")] = None,
+    config: ConfigOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Solve one problem, rendering each step live, coloured by the model that wrote it."""
+    from glimp_cli.render import LiveRenderer, write_json_lines
+    from glimp_cli.router import route, settings_from_pair
+
+    cfg = load_config(find_config(config))
+    pair_spec, small_spec, large_spec = resolve_pair(cfg, pair=pair, small=small, large=large)
+    policy = make_policy(mode, rate=parse_number(rate, option="--rate"))
+    overrides = {
+        "threshold": parse_number(threshold, option="--threshold") if threshold is not None else None,
+        "entropy": entropy,
+        "step_max_tokens": max_step_tokens,
+        "thinking_budget": thinking_budget,
+        "answer_by": answer_by,
+    }
+    pair_spec = validate_pair_overrides(pair_spec, {k: v for k, v in overrides.items() if v is not None})
+    settings = settings_from_pair(pair_spec, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed))
+    small_session, large_session = open_pair(small_spec, large_spec)
+    events = route(problem, small=small_session, large=large_session, settings=settings, policy=policy)
+    if json_output:
+        write_json_lines(events)
+        return
+    renderer = LiveRenderer(Console(highlight=False), small_name=small_spec.name, large_name=large_spec.name)
+    renderer.legend(mode=policy.name, threshold=settings.threshold, entropy_mode=settings.entropy_mode)
+    renderer.render(events)
+
+
+def validate_pair_overrides(pair: PairSpec, overrides: dict) -> PairSpec:
+    """Apply command-line overrides to a pair, with the same checks as models.yaml."""
+    if overrides.get("entropy", "full") not in ENTROPY_MODES:
+        raise ConfigError(f"--entropy must be one of {', '.join(ENTROPY_MODES)}, got '{overrides['entropy']}'")
+    if overrides.get("answer_by", "large") not in ("large", "small", "last"):
+        raise ConfigError(f"--answer-by must be large, small or last, got '{overrides['answer_by']}'")
+    for key in ("step_max_tokens", "thinking_budget"):
+        if key in overrides and overrides[key] <= 0:
+            raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {overrides[key]}")
+    return dataclasses.replace(pair, **overrides)
+
+
+@app.command()
+def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
+    """List configured models and pairs, and whether each model file is present."""
+    from glimp_cli.sources import model_file_status
+
+    cfg = load_config(find_config(config))
+    rows = [
+        {"name": m.name, "source": m.source, "status": model_file_status(m), "n_ctx": m.n_ctx, "n_gpu_layers": m.n_gpu_layers}
+        for m in cfg.models.values()
+    ]
+    pairs = [
+        {"name": p.name, "small": p.small, "large": p.large, "threshold": p.threshold, "entropy": p.entropy, "default": p.name == cfg.default_pair}
+        for p in cfg.pairs.values()
+    ]
+    if json_output:
+        print(json.dumps({"config": str(cfg.path), "models": rows, "pairs": pairs}, indent=2))
+        return
+    console = Console(highlight=False)
+    console.print(f"config: {cfg.path}")
+    table = Table("model", "source", "file", "n_ctx", "n_gpu_layers", title="models")
+    for row in rows:
+        status = "[green]ok[/]" if row["status"] == "ok" else f"[red]{row['status']}[/]"
+        table.add_row(row["name"], row["source"], status, str(row["n_ctx"]), str(row["n_gpu_layers"]))
+    console.print(table)
+    table = Table("pair", "small", "large", "threshold", "entropy", title="pairs")
+    for row in pairs:
+        table.add_row(row["name"] + (" (default)" if row["default"] else ""), row["small"], row["large"], f"{row['threshold']:g}", row["entropy"])
+    console.print(table)
+
+
+@app.command()
+def pull(name: Annotated[str, typer.Argument(help="Model name from models.yaml with an `hf:` source.")], config: ConfigOpt = None) -> None:
+    """Download an `hf:` model into the Hugging Face cache (the only command that downloads)."""
+    from glimp_cli.sources import resolve_model_path
+
+    cfg = load_config(find_config(config))
+    print(resolve_model_path(cfg.model(name), download=True))
+
+
+def main() -> None:
+    """Entry point: one red line and exit 2 for user errors, 130 for Ctrl-C."""
+    debug = os.environ.get("GLIMP_DEBUG") == "1"
+    err = Console(stderr=True, highlight=False)
+    try:
+        code = app(standalone_mode=False)
+    except GlimpError as exc:
+        if debug:
+            raise
+        err.print(f"[red]glimp: error:[/] {exc}", markup=True, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        err.print(f"[red]glimp: error:[/] {exc.format_message()}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,223 @@
+"""models.yaml -> frozen dataclasses, with errors that name the file, line and key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glimp_cli.entropy import ENTROPY_MODES
+from glimp_cli.errors import ConfigError, did_you_mean
+
+CONFIG_FILENAME = "models.yaml"
+PACKAGED_CONFIG = Path(__file__).with_name(CONFIG_FILENAME)
+DEFAULT_N_CTX = 4096
+DEFAULT_STEP_MAX_TOKENS = 512
+DEFAULT_THINKING_BUDGET = 8192
+DEFAULT_ANSWER_MAX_TOKENS = 256
+DEFAULT_THRESHOLD = 1.0
+ANSWER_BY = ("large", "small", "last")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One GGUF model and its llama.cpp options. Exactly one of path / package / hf."""
+
+    name: str
+    path: str | None = None  # a .gguf file (relative to the config file)
+    package: str | None = None  # an installed Python distribution shipping the file
+    file: str | None = None  # path of the .gguf inside `package`
+    assemble: bool = False  # `package` builds the file with its assemble() function
+    hf: str | None = None  # "owner/repo/file.gguf", downloaded only when asked
+    prompt: str | None = None  # template with {problem}; else the GGUF chat template
+    system: str | None = None  # system message for the chat template
+    think_prefix: str = ""  # appended to the prompt to open a reasoning block, e.g. "<think>\n"
+    n_gpu_layers: int = -1  # -1: all layers on the GPU when a GPU backend is compiled in
+    n_ctx: int = DEFAULT_N_CTX
+    n_threads: int | None = None  # None: all cores, up to 8
+    n_batch: int = 512
+    flash_attn: bool = False
+    base_dir: str = "."  # directory of the config file, for relative paths
+
+    @property
+    def source(self) -> str:
+        if self.path:
+            return self.path
+        if self.package:
+            return f"{self.package}:{self.file}" if self.file else f"{self.package} (assembled)"
+        return f"hf:{self.hf}"
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """A small/large pair and its routing settings."""
+
+    name: str
+    small: str
+    large: str
+    threshold: float = DEFAULT_THRESHOLD  # nats
+    entropy: str = "full"  # "full" | "topk"
+    top_k: int = 20
+    delimiter: str = "\n\n"
+    end_markers: tuple[str, ...] = ("</think>",)
+    answer_markers: tuple[str, ...] = ("\\boxed{",)
+    answer_prefix: str = ""  # text that asks for the final answer after the thinking
+    answer_stops: tuple[str, ...] = ()
+    answer_by: str = "large"  # "large" | "small" | "last"
+    step_max_tokens: int = DEFAULT_STEP_MAX_TOKENS
+    thinking_budget: int = DEFAULT_THINKING_BUDGET
+    answer_max_tokens: int = DEFAULT_ANSWER_MAX_TOKENS
+
+
+@dataclass(frozen=True)
+class Config:
+    models: dict[str, ModelSpec]
+    pairs: dict[str, PairSpec]
+    default_pair: str
+    path: Path = field(default=PACKAGED_CONFIG)
+
+    def pair(self, name: str | None) -> PairSpec:
+        name = name or self.default_pair
+        if name not in self.pairs:
+            raise ConfigError(f"{self.path}: unknown pair '{name}'{did_you_mean(name, self.pairs)}; configured: {', '.join(self.pairs)}")
+        return self.pairs[name]
+
+    def model(self, name: str) -> ModelSpec:
+        if name not in self.models:
+            raise ConfigError(f"{self.path}: unknown model '{name}'{did_you_mean(name, self.models)}; configured: {', '.join(self.models)}")
+        return self.models[name]
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config FILE, else ./models.yaml, else the one shipped with glimp."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    local = Path.cwd() / CONFIG_FILENAME
+    return local if local.is_file() else PACKAGED_CONFIG
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Parse and validate a models.yaml."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: YAML does not parse: {problem}") from exc
+    return _build_config(raw, lines, path)
+
+
+def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Line number (1-based) of every mapping key, by its key path."""
+    lines: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key_path = (*prefix, str(key_node.value))
+            lines[key_path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key_path))
+    return lines
+
+
+_TOP_KEYS = ("models", "pairs", "default_pair")
+_MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelSpec) if f.name not in ("name", "base_dir")}
+_PAIR_FIELDS = {f.name: f for f in dataclasses.fields(PairSpec) if f.name != "name"}
+
+
+def _build_config(raw: Any, lines: dict[tuple[str, ...], int], path: Path) -> Config:
+    def where(*key_path: str) -> str:
+        line = lines.get(key_path)
+        return f"{path}:{line}" if line else str(path)
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'models' and 'pairs'")
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"{where(key)}: unknown key '{key}'{did_you_mean(str(key), _TOP_KEYS)}")
+    models = {
+        name: _build_model(name, body, where, path.parent)
+        for name, body in _section(raw, "models", where).items()
+    }
+    pairs = {name: _build_pair(name, body, where, models) for name, body in _section(raw, "pairs", where).items()}
+    if not pairs:
+        raise ConfigError(f"{path}: no pairs configured")
+    default_pair = str(raw.get("default_pair") or next(iter(pairs)))
+    if default_pair not in pairs:
+        raise ConfigError(f"{where('default_pair')}: unknown pair '{default_pair}'{did_you_mean(default_pair, pairs)}")
+    return Config(models=models, pairs=pairs, default_pair=default_pair, path=path)
+
+
+def _section(raw: dict[str, Any], key: str, where) -> dict[str, Any]:
+    body = raw.get(key) or {}
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where(key)}: '{key}' must be a mapping of names")
+    return {str(k): v for k, v in body.items()}
+
+
+def _coerce(value: Any, fld: dataclasses.Field, place: str) -> Any:
+    kind = str(fld.type)  # annotations are strings here (postponed evaluation)
+    base = kind.removesuffix(" | None")
+    if value is None and base != kind:
+        return None
+    if base == "tuple[str, ...]":
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{place}: '{fld.name}' must be a list of strings, got {value!r}")
+        return tuple(value)
+    expected = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}[base]
+    if not isinstance(value, expected) or (base in ("int", "float") and isinstance(value, bool)):
+        noun = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}[base]
+        raise ConfigError(f"{place}: '{fld.name}' must be {noun}, got {value!r}")
+    return float(value) if base == "float" else value
+
+
+def _fields_of(body: Any, fields: dict[str, dataclasses.Field], key_path: tuple[str, ...], where) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where(*key_path)}: '{key_path[-1]}' must be a mapping")
+    values = {}
+    for key, value in body.items():
+        key = str(key)
+        if key not in fields:
+            raise ConfigError(f"{where(*key_path, key)}: unknown key '{key}' in {key_path[0][:-1]} '{key_path[1]}'{did_you_mean(key, fields)}")
+        values[key] = _coerce(value, fields[key], where(*key_path, key))
+    return values
+
+
+def _build_model(name: str, body: Any, where, base_dir: Path) -> ModelSpec:
+    values = _fields_of(body, _MODEL_FIELDS, ("models", name), where)
+    sources = [k for k in ("path", "package", "hf") if values.get(k)]
+    if len(sources) != 1:
+        raise ConfigError(f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf (has {', '.join(sources) or 'none'})")
+    if values.get("package") and not (values.get("file") or values.get("assemble")):
+        raise ConfigError(f"{where('models', name)}: model '{name}' names a package: add 'file' (path inside it) or 'assemble: true'")
+    return ModelSpec(name=name, base_dir=str(base_dir), **values)
+
+
+def _build_pair(name: str, body: Any, where, models: dict[str, ModelSpec]) -> PairSpec:
+    values = _fields_of(body, _PAIR_FIELDS, ("pairs", name), where)
+    for role in ("small", "large"):
+        model = values.get(role)
+        if not model:
+            raise ConfigError(f"{where('pairs', name)}: pair '{name}' needs '{role}'")
+        if model not in models:
+            raise ConfigError(f"{where('pairs', name, role)}: unknown model '{model}'{did_you_mean(model, models)}")
+    if values.get("entropy", "full") not in ENTROPY_MODES:
+        raise ConfigError(f"{where('pairs', name, 'entropy')}: entropy must be one of {', '.join(ENTROPY_MODES)}")
+    if values.get("answer_by", "large") not in ANSWER_BY:
+        raise ConfigError(f"{where('pairs', name, 'answer_by')}: answer_by must be one of {', '.join(ANSWER_BY)}")
+    if values.get("delimiter") == "":
+        raise ConfigError(f"{where('pairs', name, 'delimiter')}: delimiter must not be empty")
+    return PairSpec(name=name, **values)

@@ -1,0 +1,40 @@
+"""User-facing errors: the CLI prints one line and exits with `exit_code`."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class GlimpError(Exception):
+    """An error the user can fix; printed as one line, no traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(GlimpError):
+    """models.yaml (or a command-line override) is wrong."""
+
+
+class ModelFileError(GlimpError):
+    """A model file is missing, unreadable or not GGUF."""
+
+
+class DataError(GlimpError):
+    """A benchmark data file is wrong."""
+
+
+class ContextError(GlimpError):
+    """The problem does not fit a model's context window."""
+
+
+class RunError(GlimpError):
+    """Something failed at run time (not the user's input)."""
+
+    exit_code = 1
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,199 @@
+"""The GlimpRouter loop: probe the small model's first token, route the step, repeat."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+
+from glimp_cli.config import PairSpec
+from glimp_cli.entropy import initial_token_entropy
+from glimp_cli.events import Answer, Delta, Event, ModelTotals, Probe, Step, Summary
+from glimp_cli.policy import Policy
+from glimp_cli.session import Sampling, Session, StepOutput
+
+ANSWER_PREFIX_RESERVE = 32  # tokens kept free for the answer prefix
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """Everything the loop needs besides the models; built from a pair, overridden with replace()."""
+
+    threshold: float
+    entropy_mode: str = "full"
+    top_k: int = 20
+    delimiter: str = "\n\n"
+    end_markers: tuple[str, ...] = ("</think>",)
+    answer_markers: tuple[str, ...] = ("\\boxed{",)
+    answer_prefix: str = ""
+    answer_stops: tuple[str, ...] = ()
+    answer_by: str = "large"
+    step_max_tokens: int = 512
+    thinking_budget: int = 8192
+    answer_max_tokens: int = 256
+    sampling: Sampling = field(default_factory=Sampling)
+
+    @property
+    def reserve(self) -> int:
+        """Context kept free for the final answer."""
+        return self.answer_max_tokens + ANSWER_PREFIX_RESERVE
+
+
+def settings_from_pair(pair: PairSpec, **overrides) -> RouterSettings:
+    """RouterSettings from a models.yaml pair, with keyword overrides."""
+    return RouterSettings(
+        threshold=pair.threshold,
+        entropy_mode=pair.entropy,
+        top_k=pair.top_k,
+        delimiter=pair.delimiter,
+        end_markers=pair.end_markers,
+        answer_markers=pair.answer_markers,
+        answer_prefix=pair.answer_prefix,
+        answer_stops=pair.answer_stops,
+        answer_by=pair.answer_by,
+        step_max_tokens=pair.step_max_tokens,
+        thinking_budget=pair.thinking_budget,
+        answer_max_tokens=pair.answer_max_tokens,
+        **overrides,
+    )
+
+
+def route(
+    problem: str, *, small: Session, large: Session, settings: RouterSettings, policy: Policy
+) -> Iterator[Event]:
+    """Think step by step with two models, then answer. Yields events; the last one is the Summary."""
+    started = time.perf_counter()
+    sessions = {"small": small, "large": large}
+    for session in sessions.values():
+        session.start(problem, sampling=settings.sampling, reserve=settings.reserve)
+    rng = random.Random(settings.sampling.seed)
+    stops = (settings.delimiter, *settings.end_markers, *settings.answer_markers)
+    transcript = ""
+    steps: list[Step] = []
+    finish_reason = None
+    thinking_tokens = 0
+
+    while finish_reason is None:
+        index = len(steps) + 1
+        step_started = time.perf_counter()
+        entropy, first_token = None, None
+        if policy.needs_probe:
+            small.catch_up(transcript)
+            if small.context_room() <= settings.reserve:
+                finish_reason = "context"
+                break
+            entropy = initial_token_entropy(small.next_token_logits(), mode=settings.entropy_mode, top_k=settings.top_k)
+            first_token = small.sample()
+        choice = policy.choose(entropy, settings.threshold, rng)
+        if entropy is not None:
+            yield Probe(step=index, entropy=entropy, token_text=small.token_text(first_token), model=choice, threshold=settings.threshold)
+
+        writer = sessions[choice]
+        writer.catch_up(transcript)
+        budget_left = settings.thinking_budget - thinking_tokens
+        room = writer.context_room() - settings.reserve
+        max_tokens = min(settings.step_max_tokens, budget_left, room)
+        if max_tokens <= 0:
+            finish_reason = "budget" if budget_left <= 0 else "context"
+            break
+        out = yield from _stream(
+            writer.generate_step(first_token=first_token if choice == "small" else None, stops=stops, max_tokens=max_tokens),
+            step=index,
+            model=choice,
+        )
+        thinking_tokens += out.tokens
+        transcript += out.text
+        step_finish = _step_finish(out, settings, limits=(settings.step_max_tokens, budget_left, room))
+        repeated = bool(steps) and bool(out.text.strip()) and out.text == steps[-1].text
+        if out.text or out.finish != "eos":
+            steps.append(Step(index, choice, out.text, out.tokens, entropy, time.perf_counter() - step_started, step_finish))
+            yield steps[-1]
+        if step_finish not in ("delimiter", "step_cap"):
+            finish_reason = step_finish
+        elif repeated:
+            finish_reason = "repeat"
+
+    answer = yield from _answer(transcript, steps, finish_reason, sessions, settings)
+    latency = time.perf_counter() - started
+    large_steps = sum(1 for s in steps if s.model == "large")
+    yield Summary(
+        answer=answer.text,
+        answer_model=answer.model,
+        finish_reason=finish_reason,
+        steps=tuple(steps),
+        large_step_rate=large_steps / len(steps) if steps else 0.0,
+        small=_totals(small, steps, "small"),
+        large=_totals(large, steps, "large"),
+        latency_s=latency,
+        mode=policy.name,
+        threshold=settings.threshold,
+    )
+
+
+def run(problem: str, **kwargs) -> Summary:
+    """Drain route() and return its Summary."""
+    summary = None
+    for event in route(problem, **kwargs):
+        summary = event
+    assert isinstance(summary, Summary)
+    return summary
+
+
+def _stream(pieces: Generator[str, None, StepOutput], *, step: int, model: str) -> Generator[Delta, None, StepOutput]:
+    """Pass a session's text pieces on as Delta events; return its StepOutput."""
+    while True:
+        try:
+            piece = next(pieces)
+        except StopIteration as done:
+            return done.value
+        yield Delta(step=step, model=model, text=piece)
+
+
+def _step_finish(out: StepOutput, settings: RouterSettings, *, limits: tuple[int, int, int]) -> str:
+    """Why a step ended, in the loop's vocabulary."""
+    if out.finish == "eos":
+        return "eos"
+    if out.finish == "stop":
+        if out.stop == settings.delimiter:
+            return "delimiter"
+        return "end_marker" if out.stop in settings.end_markers else "answer_marker"
+    step_cap, budget_left, room = limits
+    if out.tokens >= budget_left:
+        return "budget"
+    if out.tokens >= room:
+        return "context"
+    return "step_cap"
+
+
+def _answer(
+    transcript: str, steps: list[Step], finish_reason: str, sessions: dict[str, Session], settings: RouterSettings
+) -> Generator[Event, None, Answer]:
+    """The final answer, written after the thinking by the configured model."""
+    name = settings.answer_by if settings.answer_by != "last" else (steps[-1].model if steps else "large")
+    answerer = sessions[name]
+    started = time.perf_counter()
+    lead, prefix = "", settings.answer_prefix
+    if finish_reason == "answer_marker":
+        # The thinking stopped inside "\boxed{": the answerer continues from there.
+        lead = next(m for m in settings.answer_markers if transcript.endswith(m))
+        prefix = ""
+    answerer.catch_up(transcript + prefix)
+    max_tokens = max(0, min(settings.answer_max_tokens, answerer.context_room() - 1))
+    out = yield from _stream(
+        answerer.generate_step(first_token=None, stops=settings.answer_stops, max_tokens=max_tokens), step=0, model=name
+    )
+    answer = Answer(text=lead + out.text, model=name, tokens=out.tokens, seconds=time.perf_counter() - started)
+    yield answer
+    return answer
+
+
+def _totals(session: Session, steps: list[Step], name: str) -> ModelTotals:
+    counters = session.counters
+    return ModelTotals(
+        steps=sum(1 for s in steps if s.model == name),
+        tokens=counters.generated_tokens,
+        prefill_tokens=counters.prefill_tokens,
+        decode_calls=counters.decode_calls,
+        context_tokens=session.context_tokens(),
+    )

@@ -1,0 +1,90 @@
+"""Where a model's .gguf file comes from: a path, an installed package, or the Hugging Face hub."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from pathlib import Path
+
+from glimp_cli.config import ModelSpec
+from glimp_cli.errors import ModelFileError
+
+GGUF_MAGIC = b"GGUF"
+
+
+def resolve_model_path(spec: ModelSpec, *, download: bool = False) -> Path:
+    """The local .gguf file for a model, checked to exist and to be GGUF."""
+    if spec.path:
+        path = Path(spec.path).expanduser()
+        path = path if path.is_absolute() else Path(spec.base_dir) / path
+    elif spec.package:
+        path = _package_file(spec)
+    else:
+        path = _hf_file(spec, download=download)
+    check_gguf(path, model=spec.name)
+    return path
+
+
+def check_gguf(path: Path, *, model: str) -> None:
+    """Raise ModelFileError unless `path` is a readable GGUF file."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except FileNotFoundError as exc:
+        raise ModelFileError(f"model '{model}': file not found: {path}") from exc
+    except OSError as exc:
+        raise ModelFileError(f"model '{model}': cannot read {path}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelFileError(f"model '{model}': {path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+
+
+def model_file_status(spec: ModelSpec) -> str:
+    """'ok', or why the file is not usable (for `glimp models`); never downloads."""
+    try:
+        resolve_model_path(spec, download=False)
+    except ModelFileError as exc:
+        return str(exc).split(": ", 1)[-1]
+    return "ok"
+
+
+def _package_file(spec: ModelSpec) -> Path:
+    try:
+        dist = importlib.metadata.distribution(spec.package)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelFileError(f"model '{spec.name}': package '{spec.package}' is not installed (pip install {spec.package})") from exc
+    if spec.assemble:
+        return _assembled_file(spec, dist)
+    # Located through the distribution's file list: importing the module may need extra packages.
+    for entry in dist.files or ():
+        if str(entry) == spec.file:
+            return Path(entry.locate())
+    raise ModelFileError(f"model '{spec.name}': package '{spec.package}' has no file '{spec.file}'")
+
+
+def _assembled_file(spec: ModelSpec, dist: importlib.metadata.Distribution) -> Path:
+    """Packages split across several wheels rebuild the file once, into a user cache."""
+    top_level = (dist.read_text("top_level.txt") or spec.package.replace("-", "_")).split()[0]
+    module = importlib.import_module(top_level)
+    target = Path(module.default_output_path())
+    expected = sum(chunk.stat().st_size for chunk in module.chunk_paths())
+    if target.is_file() and target.stat().st_size == expected:
+        return target  # verified by its checksum when it was assembled
+    try:
+        return Path(module.assemble(overwrite=True))
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"model '{spec.name}': cannot assemble the file from '{spec.package}': {exc}") from exc
+
+
+def _hf_file(spec: ModelSpec, *, download: bool) -> Path:
+    repo, _, filename = spec.hf.rpartition("/")
+    if not repo or "/" not in repo or not filename:
+        raise ModelFileError(f"model '{spec.name}': hf reference must be 'owner/repo/file.gguf', got '{spec.hf}'")
+    try:
+        import huggingface_hub
+    except ImportError as exc:
+        raise ModelFileError(f"model '{spec.name}': hf models need huggingface_hub (pip install 'glimp[hf]')") from exc
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo, filename, local_files_only=not download))
+    except Exception as exc:  # the hub client raises many types; all mean "not available"
+        hint = "" if download else " (not in the local cache; run 'glimp pull' to download it)"
+        raise ModelFileError(f"model '{spec.name}': cannot get {spec.hf}: {type(exc).__name__}{hint}") from exc
