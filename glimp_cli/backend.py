@@ -123,11 +123,15 @@ class LlamaSession:
             prompt += spec.think_prefix
         return prompt
 
-    def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
+    def prompt_tokens(self, problem: str) -> list[int]:
+        """The prompt's tokens, with BOS added once where the model wants it."""
         prompt = self.render_prompt(problem)
         bos_text = self._piece(self._llm.token_bos(), special=True)
         add_bos = self._llm._model.add_bos_token() and not (bos_text and prompt.startswith(bos_text))
-        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
+        tokens = self.prompt_tokens(problem)
         if len(tokens) + reserve >= self._n_ctx:
             raise ContextError(
                 f"the problem does not fit model '{self.name}': its prompt is {len(tokens)} tokens, "
@@ -139,15 +143,9 @@ class LlamaSession:
         self._text = ""
         self._prompt_done = False
         self.counters = Counters()
-        # Keep the evaluated prefix this prompt shares with the last problem (e.g. a system prompt),
-        # but always re-evaluate at least one token so that fresh logits exist.
-        evaluated = self._llm.input_ids[: self._llm.n_tokens]
-        shared = 0
-        for a, b in zip(evaluated, tokens[:-1]):
-            if a != b:
-                break
-            shared += 1
-        self._llm.n_tokens = shared
+        # Re-evaluate the whole prompt: results then never depend on the previous problem
+        # (a batch of one and a batch of many give slightly different logits).
+        self._llm.n_tokens = 0
         self._make_sampler(sampling)
 
     def _make_sampler(self, sampling: Sampling) -> None:
@@ -182,7 +180,13 @@ class LlamaSession:
         return len(self._tokens)
 
     def evaluated_tokens(self) -> int:
+        """Tokens whose keys and values are in the KV cache (the rest are pending)."""
         return self._llm.n_tokens
+
+    def held_text(self) -> str:
+        """The text of the tokens after the prompt, piece by piece: what the cache holds."""
+        pieces = b"".join(self._piece_bytes(t) for t in self._tokens[self._prompt_len :])
+        return pieces.decode("utf-8", errors="replace")
 
     # -- evaluation and sampling ---------------------------------------------
 

@@ -151,6 +151,58 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
 
 
 @app.command()
+def bench(
+    data: Annotated[Path, typer.Argument(help="JSONL file, one problem per line.")],
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Run at most this many problems.")] = None,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems first.")] = 0,
+    modes: Annotated[str, typer.Option("--modes", help=f"Comma-separated modes: {', '.join(MODES)}. random runs last, at glimp's large-step share.")] = ",".join(MODES),
+    threshold: Annotated[Optional[str], typer.Option("--threshold", "-t", help="glimp threshold(s) in nats, e.g. 0.5,1.0,1.5 (default: the pair's); random matches the first.")] = None,
+    rate: Annotated[str, typer.Option("--rate", help="random's large-model probability when glimp is not among --modes.")] = "0.25",
+    problem_key: Annotated[Optional[str], typer.Option("--problem-key", help="Record key of the problem text (default: problem, question or prompt).")] = None,
+    answer_key: Annotated[Optional[str], typer.Option("--answer-key", help="Record key of the reference answer (default: answer, gold or solution).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: runs/<data file name>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a run in --out, skipping results already there.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Delete the results and summaries in --out and start over.")] = False,
+    pair: PairOpt = None,
+    small: SmallOpt = None,
+    large: LargeOpt = None,
+    entropy: Annotated[Optional[str], typer.Option("--entropy", help="Entropy over the full vocabulary (full) or the top 20 tokens, renormalised (topk).")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")] = DEFAULT_TEMPERATURE,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = DEFAULT_TOP_P,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed, the same for every problem and mode.")] = DEFAULT_SEED,
+    max_step_tokens: Annotated[Optional[int], typer.Option("--max-step-tokens", help="Cap on one step's tokens.")] = None,
+    thinking_budget: Annotated[Optional[int], typer.Option("--thinking-budget", help="Cap on all thinking tokens.")] = None,
+    answer_by: Annotated[Optional[str], typer.Option("--answer-by", help="Who writes glimp's and random's final answer: large, small or last.")] = None,
+    config: ConfigOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Run a JSONL benchmark under each routing mode: accuracy, latency and the large model's share."""
+    from glimp_cli import bench as benchmark
+    from glimp_cli.router import settings_from_pair
+    from glimp_cli.store import open_store
+
+    cfg = load_config(find_config(config))
+    pair_spec, small_spec, large_spec = resolve_pair(cfg, pair=pair, small=small, large=large)
+    overrides = {"entropy": entropy, "step_max_tokens": max_step_tokens, "thinking_budget": thinking_budget, "answer_by": answer_by}
+    pair_spec = validate_pair_overrides(pair_spec, {k: v for k, v in overrides.items() if v is not None})
+    settings = settings_from_pair(pair_spec, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed))
+    plan = benchmark.make_plan(
+        data, settings=settings, modes=modes, thresholds=threshold, rate=rate,
+        problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit,
+    )
+    out = out if out is not None else Path("runs") / data.stem
+    fingerprint = benchmark.fingerprint(plan, pair=pair_spec, small=small_spec, large=large_spec)
+    with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store, benchmark.BenchDisplay(Console(stderr=True, highlight=False), out=out) as display:
+        display.notes(store.notes)
+        small_session, large_session = open_pair(small_spec, large_spec)
+        summary = benchmark.run_bench(plan, small=small_session, large=large_session, store=store, on_progress=display)
+    if json_output:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        Console(highlight=False).print(benchmark.summary_table(summary))
+
+
+@app.command()
 def pull(name: Annotated[str, typer.Argument(help="Model name from models.yaml with an `hf:` source.")], config: ConfigOpt = None) -> None:
     """Download an `hf:` model into the Hugging Face cache (the only command that downloads)."""
     from glimp_cli.sources import resolve_model_path

@@ -21,8 +21,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def _entropy_of(logits: np.ndarray) -> float:
     logp = log_softmax(logits)
     p = np.exp(logp)
-    # 0 * log 0 is 0, not nan, for masked (-inf) entries
-    return float(-np.sum(np.where(p > 0.0, p * logp, 0.0)))
+    # 0 * log 0 is 0, not nan, for masked (-inf) entries; multiplying only where p > 0 avoids a RuntimeWarning
+    return float(-np.sum(np.multiply(p, logp, out=np.zeros_like(p), where=p > 0.0)))
 
 
 def full_entropy(logits: np.ndarray) -> float:

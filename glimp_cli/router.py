@@ -78,6 +78,10 @@ def route(
         index = len(steps) + 1
         step_started = time.perf_counter()
         entropy, first_token = None, None
+        budget_left = settings.thinking_budget - thinking_tokens
+        if budget_left <= 0:  # before probing: a probe costs a small-model evaluation
+            finish_reason = "budget"
+            break
         if policy.needs_probe:
             small.catch_up(transcript)
             if small.context_room() <= settings.reserve:
@@ -86,17 +90,17 @@ def route(
             entropy = initial_token_entropy(small.next_token_logits(), mode=settings.entropy_mode, top_k=settings.top_k)
             first_token = small.sample()
         choice = policy.choose(entropy, settings.threshold, rng)
-        if entropy is not None:
-            yield Probe(step=index, entropy=entropy, token_text=small.token_text(first_token), model=choice, threshold=settings.threshold)
 
         writer = sessions[choice]
         writer.catch_up(transcript)
-        budget_left = settings.thinking_budget - thinking_tokens
         room = writer.context_room() - settings.reserve
         max_tokens = min(settings.step_max_tokens, budget_left, room)
         if max_tokens <= 0:
             finish_reason = "budget" if budget_left <= 0 else "context"
             break
+        # Yielded only once the step will be written: no Probe for a step cut off before it starts.
+        if entropy is not None:
+            yield Probe(step=index, entropy=entropy, token_text=small.token_text(first_token), model=choice, threshold=settings.threshold)
         out = yield from _stream(
             writer.generate_step(first_token=first_token if choice == "small" else None, stops=stops, max_tokens=max_tokens),
             step=index,

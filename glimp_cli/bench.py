@@ -1,0 +1,531 @@
+"""glimp bench: every problem of a JSONL file under each routing mode, checked, timed and summarised.
+
+The core (plan, run_bench, summarize) consumes the router's event stream and never prints;
+progress goes to an `on_progress` callback. The Rich display is the last section of this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glimp_cli.checker import extract_answer, is_equivalent
+from glimp_cli.config import ModelSpec, PairSpec
+from glimp_cli.dataset import Problem, file_sha256, load_problems
+from glimp_cli.errors import ConfigError, did_you_mean
+from glimp_cli.policy import MODES, make_policy
+from glimp_cli.router import RouterSettings, run
+from glimp_cli.session import Session
+from glimp_cli.store import ResultStore
+
+DEFAULT_MODES = ",".join(MODES)
+DEFAULT_RATE = 0.25
+# The single-model baselines answer with their own model, so that `small` never runs the large one.
+BASELINE_ANSWER_BY = {"small": "small", "large": "large"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One column of the benchmark: a mode, with its threshold (glimp) or rate (random)."""
+
+    mode: str
+    threshold: float | None = None  # nats; for random, the glimp threshold whose rate it matches
+    rate: float | None = None  # random only: probability that a step goes to the large model
+
+    @property
+    def label(self) -> str:
+        if self.mode == "glimp":
+            return f"glimp@{self.threshold:g}"
+        if self.mode == "random":
+            return f"random@{self.rate:.3f}"
+        return self.mode
+
+    def key(self, problem_id: str | int) -> tuple:
+        """The store's result key for one problem under this condition."""
+        return (problem_id, self.mode, self.threshold, self.rate)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    data: Path
+    problems: tuple[Problem, ...]
+    modes: tuple[str, ...]  # deduplicated; random runs last, whatever its position
+    thresholds: tuple[float, ...]  # glimp's, in order; random matches the rate of the first
+    rate: float  # random's rate when glimp is not among the modes
+    settings: RouterSettings
+    problem_key: str | None = None
+    answer_key: str | None = None
+
+    def fixed_conditions(self) -> list[Condition]:
+        """Every condition but random (whose rate comes from the glimp results)."""
+        conditions = []
+        for mode in self.modes:
+            if mode == "glimp":
+                conditions += [Condition("glimp", threshold=t) for t in self.thresholds]
+            elif mode != "random":
+                conditions.append(Condition(mode))
+        return conditions
+
+    @property
+    def total(self) -> int:
+        return len(self.problems) * (len(self.fixed_conditions()) + ("random" in self.modes))
+
+
+@dataclass(frozen=True)
+class BenchProgress:
+    """Sent to `on_progress` after each problem of each condition."""
+
+    done: int  # results finished in this plan, skipped ones included
+    total: int
+    condition: Condition
+    finished: int  # results of this condition so far
+    correct: int
+    record: dict[str, Any] | None  # None: already in results.jsonl, skipped
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.finished if self.finished else 0.0
+
+
+ProgressCallback = Callable[[BenchProgress], None]
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    """'glimp,small' -> ('glimp', 'small'); unknown names are a ConfigError."""
+    modes: list[str] = []
+    for name in (part.strip() for part in text.split(",")):
+        if name not in MODES:
+            raise ConfigError(f"--modes: unknown mode '{name}'{did_you_mean(name, MODES)}; choose from {', '.join(MODES)}")
+        if name not in modes:
+            modes.append(name)
+    return tuple(modes)
+
+
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """'0.5,1.0' -> (0.5, 1.0) nats, or a ConfigError."""
+    values: list[float] = []
+    for part in text.split(","):
+        value = parse_number(part, option="--threshold")
+        if value not in values:
+            values.append(value)
+    return tuple(values)
+
+
+def parse_number(text: str, *, option: str) -> float:
+    """A finite number >= 0 from the command line, or a ConfigError naming the option."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{option} must be a number (or comma-separated numbers for --threshold), got '{text.strip()}'") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{option} must be a number, 0 or more, got '{text.strip()}'")
+    return value
+
+
+def make_plan(
+    data: Path,
+    *,
+    settings: RouterSettings,
+    modes: str = DEFAULT_MODES,
+    thresholds: str | None = None,
+    rate: str = str(DEFAULT_RATE),
+    problem_key: str | None = None,
+    answer_key: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+) -> BenchPlan:
+    """Check the options and read the data file (before any model loads)."""
+    mode_names = parse_modes(modes)
+    threshold_values = parse_thresholds(thresholds) if thresholds is not None else (settings.threshold,)
+    rate_value = parse_number(rate, option="--rate")
+    make_policy("random", rate=rate_value)  # the same range check as `glimp ask --rate`
+    problems = load_problems(data, problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit)
+    return BenchPlan(
+        data=Path(data),
+        problems=tuple(problems),
+        modes=mode_names,
+        thresholds=threshold_values,
+        rate=rate_value,
+        settings=settings,
+        problem_key=problem_key,
+        answer_key=answer_key,
+    )
+
+
+def fingerprint(plan: BenchPlan, *, pair: PairSpec, small: ModelSpec, large: ModelSpec) -> dict[str, Any]:
+    """The settings that make results comparable (stored in run.json). Modes, thresholds and the
+    problem range are not in it: results are keyed by them, so one directory can grow."""
+    router = {k: v for k, v in dataclasses.asdict(plan.settings).items() if k not in ("threshold", "sampling")}
+    return {
+        "pair": pair.name,
+        "small": _model_fingerprint(small),
+        "large": _model_fingerprint(large),
+        "sampling": dataclasses.asdict(plan.settings.sampling),
+        "router": router,
+        "data": {
+            "file": str(plan.data.resolve()),
+            "sha256": file_sha256(plan.data),
+            "problem_key": plan.problem_key,
+            "answer_key": plan.answer_key,
+        },
+    }
+
+
+def _model_fingerprint(spec: ModelSpec) -> dict[str, Any]:
+    return {"name": spec.name, "source": spec.source, "prompt": spec.prompt, "system": spec.system, "think_prefix": spec.think_prefix}
+
+
+# -- running -------------------------------------------------------------------
+
+
+@dataclass
+class Overhead:
+    """Wall time per problem outside route() (session reset is inside it): checking, writing, progress."""
+
+    outside_s: list[float] = dataclasses.field(default_factory=list)
+    wall_s: float = 0.0
+
+    def add(self, wall_s: float, latency_s: float) -> None:
+        self.outside_s.append(wall_s - latency_s)
+        self.wall_s += wall_s
+
+    def record(self) -> dict[str, Any]:
+        if not self.outside_s:
+            return {"problems": 0, "mean_s": None, "median_s": None, "max_s": None, "share": None}
+        return {
+            "problems": len(self.outside_s),
+            "mean_s": round(statistics.fmean(self.outside_s), 6),
+            "median_s": round(statistics.median(self.outside_s), 6),
+            "max_s": round(max(self.outside_s), 6),  # the first problem pays for importing math_verify
+            "share": round(sum(self.outside_s) / self.wall_s, 6) if self.wall_s > 0 else None,
+        }
+
+
+def run_bench(
+    plan: BenchPlan, *, small: Session, large: Session, store: ResultStore, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Run every (problem, condition) not yet in the store; write the summary even when interrupted."""
+    overhead = Overhead()
+    done = 0
+    try:
+        for condition in plan.fixed_conditions():
+            done = _run_condition(plan, condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
+        if "random" in plan.modes:
+            random_condition = _random_condition(plan, store)
+            _run_condition(plan, random_condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
+    finally:
+        summary = summarize(store.records, run=store.fingerprint, planned=_planned_keys(plan, store), overhead=overhead.record())
+        store.write_summary(summary, summary_markdown(summary))
+    return summary
+
+
+def _run_condition(
+    plan: BenchPlan,
+    condition: Condition,
+    *,
+    done: int,
+    small: Session,
+    large: Session,
+    store: ResultStore,
+    on_progress: ProgressCallback | None,
+    overhead: Overhead,
+) -> int:
+    finished = correct = 0
+    clock = time.perf_counter()
+    for problem in plan.problems:
+        record = store.get(condition.key(problem.id))
+        skipped = record is not None
+        if not skipped:
+            record = solve(problem, condition, small=small, large=large, settings=plan.settings)
+            store.append(record)
+        done, finished, correct = done + 1, finished + 1, correct + bool(record["correct"])
+        if on_progress is not None:
+            on_progress(BenchProgress(done, plan.total, condition, finished, correct, None if skipped else record))
+        now = time.perf_counter()
+        if not skipped:
+            overhead.add(now - clock, record["latency_s"])
+        clock = now
+    return done
+
+
+def solve(problem: Problem, condition: Condition, *, small: Session, large: Session, settings: RouterSettings) -> dict[str, Any]:
+    """Route one problem under one condition and check its answer; returns its results.jsonl record."""
+    seed = problem_seed(settings.sampling.seed, problem.id)
+    settings = dataclasses.replace(
+        settings,
+        threshold=condition.threshold if condition.threshold is not None else settings.threshold,
+        answer_by=BASELINE_ANSWER_BY.get(condition.mode, settings.answer_by),
+        sampling=dataclasses.replace(settings.sampling, seed=seed),
+    )
+    policy = make_policy(condition.mode, rate=condition.rate if condition.rate is not None else DEFAULT_RATE)
+    summary = run(problem.text, small=small, large=large, settings=settings, policy=policy)
+    thinking = "".join(step.text for step in summary.steps)
+    predicted = extract_answer(summary.answer) or extract_answer(thinking + summary.answer)
+    return {
+        "id": problem.id,
+        "mode": condition.mode,
+        "threshold": condition.threshold,
+        "rate": condition.rate,
+        "correct": is_equivalent(predicted, problem.gold),
+        "predicted": predicted,
+        "gold": problem.gold,
+        "answer": summary.answer,
+        "answer_model": summary.answer_model,
+        "latency_s": round(summary.latency_s, 6),
+        "steps": len(summary.steps),
+        "large_steps": sum(1 for s in summary.steps if s.model == "large"),
+        "tokens": {"small": summary.small.tokens, "large": summary.large.tokens},
+        "prefill_tokens": {"small": summary.small.prefill_tokens, "large": summary.large.prefill_tokens},
+        "entropies": [None if s.entropy is None else round(s.entropy, 6) for s in summary.steps],  # nats
+        "finish_reason": summary.finish_reason,
+        "seed": seed,
+    }
+
+
+def problem_seed(run_seed: int, problem_id: str | int) -> int:
+    """The seed of one problem: the same in every mode, different between problems.
+
+    The router seeds both sampling and random mode's draws with it; one seed for all problems
+    would give random mode the same draws on every problem (with seed 0, no step 1-3 ever
+    goes to the large model at rates under 0.42).
+    """
+    return random.Random(f"{run_seed}/{problem_id}").getrandbits(32)
+
+
+def _random_condition(plan: BenchPlan, store: ResultStore) -> Condition:
+    """Random at the large-step share of the first glimp threshold on these problems, else at --rate."""
+    if "glimp" not in plan.modes:
+        return Condition("random", rate=plan.rate)
+    threshold = plan.thresholds[0]
+    records = [store.get(Condition("glimp", threshold=threshold).key(p.id)) for p in plan.problems]
+    return Condition("random", threshold=threshold, rate=matched_rate(r for r in records if r is not None))
+
+
+def matched_rate(glimp_records: Iterable[dict[str, Any]]) -> float:
+    """The share of steps that glimp gave the large model, pooled over problems (the matched-rate control)."""
+    steps = large_steps = 0
+    for record in glimp_records:
+        steps += record["steps"]
+        large_steps += record["large_steps"]
+    return round(large_steps / steps, 6) if steps else 0.0
+
+
+def _planned_keys(plan: BenchPlan, store: ResultStore) -> dict[str, int]:
+    conditions = plan.fixed_conditions()
+    if "random" in plan.modes:
+        conditions.append(_random_condition(plan, store))
+    finished = sum(1 for c in conditions for p in plan.problems if store.get(c.key(p.id)) is not None)
+    return {"planned": plan.total, "finished": finished}
+
+
+# -- summary -------------------------------------------------------------------
+
+
+def summarize(
+    records: list[dict[str, Any]], *, run: dict[str, Any], planned: dict[str, int] | None = None, overhead: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Per-condition accuracy, latency and large-model share over every record in results.jsonl."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["mode"], record.get("threshold"), record.get("rate")), []).append(record)
+    large_latency = {r["id"]: r["latency_s"] for r in records if r["mode"] == "large"}
+    conditions = [_condition_summary(Condition(*key), group, large_latency) for key, group in groups.items()]
+    return {
+        "pair": run.get("pair"),
+        "small": run.get("small", {}).get("name"),
+        "large": run.get("large", {}).get("name"),
+        "data": run.get("data", {}).get("file"),
+        "sampling": run.get("sampling"),
+        "results": len(records),
+        **(planned or {}),
+        "conditions": conditions,
+        "overhead": overhead,
+    }
+
+
+def _condition_summary(condition: Condition, records: list[dict[str, Any]], large_latency: dict[Any, float]) -> dict[str, Any]:
+    n = len(records)
+    correct = sum(1 for r in records if r["correct"])
+    accuracy = correct / n
+    latencies = [r["latency_s"] for r in records]
+    paired = [(r["latency_s"], large_latency[r["id"]]) for r in records if r["id"] in large_latency]
+    paired_large_s = sum(large for _, large in paired)
+    steps = sum(r["steps"] for r in records)
+    large_steps = sum(r["large_steps"] for r in records)
+    tokens_small = sum(r["tokens"]["small"] for r in records)
+    tokens_large = sum(r["tokens"]["large"] for r in records)
+    return {
+        "label": condition.label,
+        "mode": condition.mode,
+        "threshold": condition.threshold,
+        "rate": condition.rate,
+        "n": n,
+        "correct": correct,
+        "accuracy": accuracy,
+        "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
+        "latency_mean_s": statistics.fmean(latencies),
+        "latency_median_s": statistics.median(latencies),
+        # mean latency over the problems that `large` also ran, divided by large's on them
+        "latency_vs_large": sum(own for own, _ in paired) / paired_large_s if paired and paired_large_s > 0 else None,
+        "steps": steps,
+        "large_steps": large_steps,
+        "large_step_share": large_steps / steps if steps else 0.0,
+        "tokens": {"small": tokens_small, "large": tokens_large},
+        "large_token_share": tokens_large / (tokens_small + tokens_large) if tokens_small + tokens_large else 0.0,
+        "tokens_per_s": (tokens_small + tokens_large) / sum(latencies) if sum(latencies) > 0 else 0.0,
+        "finish_reasons": dict(sorted(Counter(r["finish_reason"] for r in records).items())),
+    }
+
+
+SUMMARY_COLUMNS = ("mode", "n", "accuracy", "± se", "mean s", "median s", "vs large", "large steps", "large tokens", "tokens/s", "finish")
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The summary table as strings, one row per condition (for summary.md and the terminal)."""
+    rows = []
+    for c in summary["conditions"]:
+        rows.append((
+            c["label"],
+            str(c["n"]),
+            f"{c['accuracy']:.1%}",
+            f"{c['accuracy_se']:.1%}",
+            f"{c['latency_mean_s']:.2f}",
+            f"{c['latency_median_s']:.2f}",
+            f"{c['latency_vs_large']:.2f}×" if c["latency_vs_large"] is not None else "-",
+            f"{c['large_step_share']:.1%}",
+            f"{c['large_token_share']:.1%}",
+            f"{c['tokens_per_s']:.1f}",
+            ", ".join(f"{reason} {count}" for reason, count in c["finish_reasons"].items()),
+        ))
+    return rows
+
+
+def summary_caption(summary: dict[str, Any]) -> str:
+    sampling = summary.get("sampling") or {}
+    parts = [
+        f"pair {summary['pair']} (small {summary['small']}, large {summary['large']})",
+        f"temperature {sampling.get('temperature')}, top-p {sampling.get('top_p')}, seed {sampling.get('seed')}",
+        f"{summary['results']} results",
+    ]
+    if "planned" in summary:
+        parts[-1] += f" ({summary['finished']} of {summary['planned']} planned finished)"
+    overhead = summary.get("overhead") or {}
+    if overhead.get("share") is not None:
+        parts.append(f"outside generation {overhead['median_s'] * 1000:.1f} ms/problem median ({overhead['share']:.2%} of wall time)")
+    return " · ".join(parts)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# glimp bench: {Path(summary['data'] or '?').name}",
+        "",
+        summary_caption(summary),
+        "",
+        "| " + " | ".join(SUMMARY_COLUMNS) + " |",
+        "|" + "|".join("---" if i in (0, len(SUMMARY_COLUMNS) - 1) else "---:" for i in range(len(SUMMARY_COLUMNS))) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(summary)]
+    return "\n".join(lines) + "\n"
+
+
+# -- rendering (the only Rich code in this module) ------------------------------
+
+
+class BenchDisplay:
+    """Progress on stderr: a Rich bar on a terminal, one plain line per result otherwise."""
+
+    def __init__(self, console, *, out: Path) -> None:
+        self.console = console
+        self.out = out
+        self._progress = None
+        self._task = None
+        self._skipped = 0
+
+    def __enter__(self) -> BenchDisplay:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self._skipped and exc_type is None:
+            self.console.print(f"all {self._skipped} results were already in {self.out / 'results.jsonl'}")
+        if exc_type is KeyboardInterrupt:
+            self.console.print(
+                f"finished results stay in {self.out / 'results.jsonl'}, their summary in {self.out / 'summary.md'}; "
+                "rerun with --resume to continue"
+            )
+
+    def notes(self, notes: Iterable[str]) -> None:
+        for note in notes:
+            self.console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+
+    def __call__(self, progress: BenchProgress) -> None:
+        if progress.record is None:
+            self._skipped += 1
+            return
+        if self._skipped:
+            self.console.print(f"skipped {self._skipped} results already in {self.out / 'results.jsonl'}")
+            self._skipped = 0
+        if self.console.is_terminal:
+            self._bar(progress)
+        else:
+            self._line(progress)
+
+    def _bar(self, progress: BenchProgress) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[accuracy]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            # Start at the results already done, so the ETA reflects only problems actually run.
+            self._task = self._progress.add_task("", total=progress.total, completed=progress.done - 1, accuracy="")
+        accuracy = f"acc {progress.accuracy:.1%} ({progress.correct}/{progress.finished})"
+        self._progress.update(self._task, completed=progress.done, description=progress.condition.label, accuracy=accuracy)
+
+    def _line(self, progress: BenchProgress) -> None:
+        record = progress.record
+        verdict = "correct" if record["correct"] else "wrong"
+        self.console.print(
+            f"[{progress.done}/{progress.total}] {progress.condition.label} id={record['id']} {verdict} "
+            f"(predicted {record['predicted']!r}, gold {record['gold']!r}) {record['latency_s']:.2f} s · "
+            f"acc {progress.accuracy:.1%} ({progress.correct}/{progress.finished})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def summary_table(summary: dict[str, Any]):
+    """The summary as a Rich table that fits 80 columns; finish reasons go in the caption."""
+    from rich import box
+    from rich.table import Table
+
+    finish = "; ".join(f"{row[0]}: {row[-1]}" for row in summary_rows(summary))
+    table = Table(
+        title=f"glimp bench: {Path(summary['data'] or '?').name}",
+        caption=f"{summary_caption(summary)}\nfinish: {finish}",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    short = {"accuracy": "acc", "tokens/s": "tok/s"}
+    for column in SUMMARY_COLUMNS[:-1]:
+        table.add_column(short.get(column, column), justify="left" if column == "mode" else "right", no_wrap=column == "mode")
+    for row in summary_rows(summary):
+        table.add_row(*row[:-1])
+    return table

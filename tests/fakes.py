@@ -1,0 +1,189 @@
+"""A scripted stand-in for a model: satisfies glimp_cli.session.Session without llama.cpp.
+
+Each session is driven by a script:
+- `steps`: what the model writes, one entry per generate_step call (thinking steps, then the
+  answer). An entry is a string (one token per character, so token counts are len(text)) or a
+  sequence of token pieces; the EOS marker ends generation like a model's end-of-sequence token.
+- `logits`: the next-token logits returned by successive next_token_logits calls (the probes),
+  so the router's entropies are known exactly.
+
+The session records what it was asked (catch_up transcripts, generate_step arguments, sampled
+tokens) so tests can assert on how the router drove it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from glimp_cli.session import Counters, Sampling, StepOutput
+
+EOS = object()  # end-of-sequence marker inside a scripted step
+EOS_TEXT = "</s>"
+UNSCRIPTED_TEXT = "?"  # what sample() proposes when the script has no step left
+DEFAULT_PROMPT_TOKENS = 10
+DEFAULT_N_CTX = 100_000
+
+LN2 = math.log(2)
+LN50 = math.log(50)
+
+
+def uniform_logits(n: int) -> list[float]:
+    """Logits whose softmax is uniform over n tokens: full entropy ln n nats."""
+    return [0.0] * n
+
+
+@dataclass(frozen=True)
+class GenerateCall:
+    """One generate_step call as the router made it."""
+
+    first_token: int | None
+    first_token_text: str | None
+    stops: tuple[str, ...]
+    max_tokens: int
+    text_before: str  # the transcript the session held when it was asked to write
+
+
+class ScriptedSession:
+    """A Session whose logits and generated text come from a script."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        steps: Sequence[str | Sequence[object]] = (),
+        logits: Sequence[Sequence[float]] = (),
+        n_ctx: int = DEFAULT_N_CTX,
+        prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+    ) -> None:
+        self.name = name
+        self._steps = [list(entry) for entry in steps]  # a str becomes one piece per character
+        self._logits = [np.asarray(row, dtype=np.float32) for row in logits]
+        self._n_ctx = n_ctx
+        self._prompt_tokens = prompt_tokens
+        self._vocab: list[object] = []  # token id -> piece (a str or EOS)
+        self._text = ""
+        self._context_tokens = 0
+        self.counters = Counters()
+        # Recordings
+        self.starts: list[tuple[str, Sampling, int]] = []
+        self.catch_ups: list[str] = []
+        self.generate_calls: list[GenerateCall] = []
+        self.sampled: list[int] = []
+        self.logits_calls = 0
+
+    # -- Session protocol -----------------------------------------------------
+
+    def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
+        self.starts.append((problem, sampling, reserve))
+        self._text = ""
+        self._context_tokens = self._prompt_tokens
+        self.counters = Counters()
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def catch_up(self, transcript: str) -> None:
+        self.catch_ups.append(transcript)
+        if not transcript.startswith(self._text):
+            raise AssertionError(f"{self.name}: transcript {transcript!r} does not extend its cache {self._text!r}")
+        missing = transcript[len(self._text) :]
+        self._text = transcript
+        self._context_tokens += len(missing)  # one token per character
+        self.counters.prefill_tokens += len(missing)
+
+    def context_room(self) -> int:
+        return self._n_ctx - self._context_tokens
+
+    def context_tokens(self) -> int:
+        return self._context_tokens
+
+    def next_token_logits(self) -> np.ndarray:
+        if self.logits_calls >= len(self._logits):
+            raise AssertionError(f"{self.name}: asked for logits {self.logits_calls + 1} times, scripted {len(self._logits)}")
+        row = self._logits[self.logits_calls]
+        self.logits_calls += 1
+        return row.copy()
+
+    def sample(self) -> int:
+        """The first token of the next scripted step (sampling does not consume the script)."""
+        piece = self._steps[0][0] if self._steps and self._steps[0] else UNSCRIPTED_TEXT
+        token = self._token_id(piece)
+        self.sampled.append(token)
+        return token
+
+    def token_text(self, token: int) -> str:
+        piece = self._vocab[token]
+        return EOS_TEXT if piece is EOS else piece
+
+    def generate_step(
+        self, *, first_token: int | None, stops: Sequence[str], max_tokens: int
+    ) -> Generator[str, None, StepOutput]:
+        self.generate_calls.append(
+            GenerateCall(
+                first_token=first_token,
+                first_token_text=None if first_token is None else self.token_text(first_token),
+                stops=tuple(stops),
+                max_tokens=max_tokens,
+                text_before=self._text,
+            )
+        )
+        if not self._steps:
+            raise AssertionError(f"{self.name}: generate_step call {len(self.generate_calls)} has no scripted step")
+        pieces = self._steps.pop(0)
+        if first_token is not None:
+            # The probe's token is this step's first token: it replaces the script's first piece.
+            pieces[:1] = [self._vocab[first_token]]
+        stop_strings = [s for s in stops if s]
+        body = ""
+        sampled = 0
+        finish, stop = "length", None
+        for piece in pieces:
+            if sampled >= max_tokens:
+                break
+            if piece is EOS:
+                finish = "eos"
+                break
+            sampled += 1
+            found = _earliest_stop(body + piece, stop_strings)
+            if found is not None:
+                cut, stop = found
+                kept = (body + piece)[len(body) : cut]
+                body += kept
+                if kept:
+                    yield kept
+                finish = "stop"
+                break
+            body += piece
+            yield piece
+        else:
+            if sampled < max_tokens:
+                raise AssertionError(f"{self.name}: scripted step ran out before a stop, EOS or max_tokens ({pieces!r})")
+        self._text += body
+        self._context_tokens += sampled
+        self.counters.generated_tokens += sampled
+        self.counters.decode_calls += sampled
+        return StepOutput(text=body, tokens=sampled, finish=finish, stop=stop)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _token_id(self, piece: object) -> int:
+        for token, known in enumerate(self._vocab):
+            if known is piece or (isinstance(known, str) and known == piece):
+                return token
+        self._vocab.append(piece)
+        return len(self._vocab) - 1
+
+
+def _earliest_stop(body: str, stops: Sequence[str]) -> tuple[int, str] | None:
+    """(end offset, stop) of the stop string that starts earliest in body."""
+    best = None
+    for stop in stops:
+        at = body.find(stop)
+        if at >= 0 and (best is None or at < best[0]):
+            best = (at, stop)
+    return None if best is None else (best[0] + len(best[1]), best[1])

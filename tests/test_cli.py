@@ -1,0 +1,157 @@
+"""The command line: `ask`, `models`, the --json schema, and one clear line for each bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import NATALIA
+
+QUICK = ["--temperature", "0", "--max-step-tokens", "24", "--thinking-budget", "48"]
+
+
+def glimp(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "glimp_cli", *args],
+        capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("glimp: error:")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_ask_json_prints_one_event_per_line_and_a_summary_last():
+    result = glimp("ask", NATALIA, "--json", *QUICK)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    types = [r["type"] for r in records]
+    assert types[-1] == "summary" and types.count("summary") == 1
+    assert types[-2] == "answer"
+    assert types[0] == "probe" and "step" in types
+    probe = records[0]
+    assert set(probe) == {"type", "step", "entropy", "token_text", "model", "threshold"}
+    assert probe["model"] in ("small", "large") and probe["threshold"] == 2.5
+    step = next(r for r in records if r["type"] == "step")
+    assert set(step) >= {"index", "model", "text", "tokens", "entropy", "seconds"}
+    summary = records[-1]
+    assert set(summary) >= {"answer", "finish_reason", "steps", "large_step_rate", "tokens", "prefill_tokens", "decode_calls", "latency_s"}
+    assert set(summary["tokens"]) == {"small", "large"} == set(summary["prefill_tokens"]) == set(summary["decode_calls"])
+    steps = [r for r in records if r["type"] == "step"]
+    assert [s["text"] for s in summary["steps"]] == [s["text"] for s in steps]
+    assert summary["large_step_rate"] == sum(s["model"] == "large" for s in steps) / len(steps)
+    assert summary["finish_reason"] == "budget"  # 48 thinking tokens
+    assert sum(s["tokens"] for s in steps) == 48
+
+
+def test_ask_renders_steps_legend_and_summary_without_ansi_codes_when_piped():
+    result = glimp("ask", NATALIA, *QUICK)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "\x1b[" not in out
+    assert "small = smollm2-135m" in out and "large = gemma3-270m" in out
+    assert "── step 1 ·" in out and "H " in out
+    assert "answer (large):" in out
+    assert "prefill tokens" in out and "finish: budget" in out
+
+
+def test_ask_modes_route_every_step_to_the_named_model():
+    for mode in ("small", "large"):
+        result = glimp("ask", NATALIA, "--json", "--mode", mode, *QUICK)
+        summary = json.loads(result.stdout.splitlines()[-1])
+        assert {s["model"] for s in summary["steps"]} == {mode}
+
+
+def test_models_lists_models_pairs_and_file_status():
+    result = glimp("models", "--json")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    assert {m["name"]: m["status"] for m in listing["models"]} == {"smollm2-135m": "ok", "gemma3-270m": "ok"}
+    assert listing["pairs"][0]["name"] == "demo" and listing["pairs"][0]["default"] is True
+
+
+def test_models_reports_a_missing_file_without_failing(tmp_path):
+    config = write_config(tmp_path, "models:\n  a:\n    path: nowhere.gguf\n  b:\n    path: nowhere.gguf\npairs:\n  p:\n    small: a\n    large: b\n")
+    result = glimp("models", "--json", "--config", str(config))
+    assert result.returncode == 0
+    assert "file not found" in json.loads(result.stdout)["models"][0]["status"]
+
+
+def test_missing_model_file_is_one_line_exit_2(tmp_path):
+    config = write_config(tmp_path, "models:\n  a:\n    path: nowhere.gguf\n  b:\n    path: nowhere.gguf\npairs:\n  p:\n    small: a\n    large: b\n")
+    assert_one_line_error(glimp("ask", "x", "--config", str(config)), "model 'a'", "file not found", "nowhere.gguf")
+
+
+def test_file_that_is_not_gguf_is_rejected(tmp_path):
+    (tmp_path / "fake.gguf").write_text("this is not a model")
+    config = write_config(tmp_path, "models:\n  a:\n    path: fake.gguf\npairs:\n  p:\n    small: a\n    large: a\n")
+    assert_one_line_error(glimp("ask", "x", "--config", str(config)), "is not a GGUF file")
+
+
+def test_yaml_that_does_not_parse_names_the_line(tmp_path):
+    config = write_config(tmp_path, "models:\n  a:\n    path: [unclosed\npairs: {}\n")
+    assert_one_line_error(glimp("ask", "x", "--config", str(config)), f"{config}:4", "YAML does not parse")
+
+
+def test_unknown_key_names_the_line_and_suggests(tmp_path):
+    config = write_config(tmp_path, "models:\n  a:\n    path: a.gguf\n    n_gpu_layer: 10\npairs:\n  p:\n    small: a\n    large: a\n")
+    assert_one_line_error(glimp("models", "--config", str(config)), f"{config}:4", "unknown key 'n_gpu_layer'", "did you mean 'n_gpu_layers'")
+
+
+def test_unknown_model_and_pair_names_suggest_the_closest():
+    assert_one_line_error(glimp("ask", "x", "--small", "smollm2-135"), "unknown model 'smollm2-135'", "did you mean 'smollm2-135m'")
+    assert_one_line_error(glimp("ask", "x", "--pair", "dem"), "unknown pair 'dem'", "did you mean 'demo'")
+
+
+def test_threshold_that_is_not_a_number():
+    assert_one_line_error(glimp("ask", "x", "--threshold", "abc"), "--threshold must be a number, got 'abc'")
+
+
+def test_unknown_mode_suggests_the_closest():
+    assert_one_line_error(glimp("ask", "x", "--mode", "glim"), "unknown mode 'glim'", "did you mean 'glimp'")
+
+
+def test_problem_that_does_not_fit_the_context(tmp_path):
+    packaged = Path(__file__).resolve().parents[1] / "models.yaml"
+    text = packaged.read_text().replace("n_ctx: 4096", "n_ctx: 512")
+    config = write_config(tmp_path, text)
+    assert_one_line_error(glimp("ask", "word " * 400, "--config", str(config)), "does not fit model", "raise n_ctx")
+
+
+def test_glimp_debug_shows_the_traceback():
+    result = glimp("ask", "x", "--threshold", "abc", env={"GLIMP_DEBUG": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_ctrl_c_during_ask_exits_130():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "glimp_cli", "ask", NATALIA, "--json", "--thinking-budget", "4000", "--temperature", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    first = process.stdout.readline()  # the first probe: generation is under way
+    assert json.loads(first)["type"] == "probe"
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr

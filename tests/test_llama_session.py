@@ -1,0 +1,170 @@
+"""Integration tests on the real demo models: the caches hold exactly the transcript."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from llama_cpp import Llama
+
+from glimp_cli.entropy import full_entropy, initial_token_entropy, topk_entropy
+from glimp_cli.policy import make_policy
+from glimp_cli.router import run, settings_from_pair
+from glimp_cli.session import Sampling
+
+from conftest import NATALIA, gsm8k_problem
+
+GREEDY = Sampling(temperature=0.0)
+
+
+def reference_entropy(logits, k=None) -> float:
+    """Entropy in nats computed with plain Python floats, independently of glimp_cli.entropy."""
+    values = sorted((float(x) for x in logits), reverse=True)
+    if k is not None:
+        values = values[:k]
+    top = values[0]
+    log_z = top + math.log(math.fsum(math.exp(v - top) for v in values))
+    return -math.fsum(math.exp(v - log_z) * (v - log_z) for v in values)
+
+
+def reference_continuation(session, problem: str, n_tokens: int) -> tuple[str, list[int]]:
+    """llama-cpp-python generating alone (its own loop, greedy) from the same prompt."""
+    llm = Llama(model_path=session._llm.model_path, n_ctx=session.spec.n_ctx, n_threads=2, logits_all=False, verbose=False)
+    tokens = []
+    for token in llm.generate(session.prompt_tokens(problem), temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        if llm._model.token_eos() == token or len(tokens) >= n_tokens:
+            break
+        tokens.append(token)
+    text = b"".join(session._piece_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+    return text, tokens
+
+
+def crossing_offset(session, tokens: list[int], delimiter: str) -> int | None:
+    """Text offset of the first token that runs past a delimiter (where routing re-tokenizes)."""
+    body = b""
+    for token in tokens:
+        piece = session._piece_bytes(token)
+        start = max(0, len(body) - len(delimiter) + 1)
+        body += piece
+        at = body.find(delimiter.encode(), start)
+        if at >= 0 and at + len(delimiter) < len(body):
+            return len(body[: at + len(delimiter)].decode("utf-8", errors="replace"))
+    return None
+
+
+def thinking_text(summary) -> str:
+    return "".join(step.text for step in summary.steps)
+
+
+def test_probe_entropy_matches_independent_reference_on_real_logits(demo_pair):
+    pair, small, _ = demo_pair
+    small.start(NATALIA, sampling=GREEDY)
+    logits = small.next_token_logits()
+    assert logits.shape == (49152,)
+    assert full_entropy(logits) == pytest.approx(reference_entropy(logits), rel=1e-9, abs=1e-12)
+    assert topk_entropy(logits, k=20) == pytest.approx(reference_entropy(logits, k=20), rel=1e-9, abs=1e-12)
+    assert initial_token_entropy(logits, mode="topk") <= math.log(20) + 1e-12
+    # the logits are a copy: a later decode does not change them
+    before = logits.copy()
+    small.sample()
+    small.catch_up(" x")
+    small.next_token_logits()
+    assert (logits == before).all()
+
+
+def test_small_mode_is_the_small_models_own_greedy_continuation(demo_pair):
+    pair, small, large = demo_pair
+    problem = gsm8k_problem(2)  # greedy continuation has 8 steps and no token across "\n\n"
+    settings = settings_from_pair(pair, sampling=GREEDY)
+    summary = run(problem, small=small, large=large, settings=settings, policy=make_policy("small"))
+    assert summary.finish_reason == "eos"
+    assert len(summary.steps) == 8 and {s.model for s in summary.steps} == {"small"}
+    reference, tokens = reference_continuation(small, problem, summary.small.tokens + 5)
+    assert crossing_offset(small, tokens, "\n\n") is None
+    assert thinking_text(summary) == reference
+    assert [s.text for s in summary.steps] == [part + "\n\n" for part in reference.split("\n\n")[:-1]] + [reference.split("\n\n")[-1]]
+
+
+def test_large_mode_is_the_large_models_own_greedy_continuation(demo_pair):
+    pair, small, large = demo_pair
+    problem = gsm8k_problem(2)
+    settings = settings_from_pair(pair, sampling=GREEDY)
+    summary = run(problem, small=small, large=large, settings=settings, policy=make_policy("large"))
+    assert summary.finish_reason == "repeat"  # greedy Gemma repeats its fourth step
+    assert [s.model for s in summary.steps] == ["large"] * 4
+    assert summary.steps[-1].text == summary.steps[-2].text
+    thinking = thinking_text(summary)
+    reference, tokens = reference_continuation(large, problem, sum(s.tokens for s in summary.steps))
+    assert crossing_offset(large, tokens, "\n\n") is None
+    assert reference == thinking
+    assert summary.small.tokens == 0 and summary.small.decode_calls == 0  # never probed
+
+
+def test_routed_texts_agree_with_reference_up_to_the_first_delimiter_crossing(demo_pair):
+    pair, small, large = demo_pair
+    # "e" as the step delimiter: tokens such as " sell" run past it, so steps end mid-token
+    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), delimiter="e", thinking_budget=60)
+    summary = run(NATALIA, small=small, large=large, settings=settings, policy=make_policy("small"))
+    thinking = thinking_text(summary)
+    reference, tokens = reference_continuation(small, NATALIA, 60)
+    crossing = crossing_offset(small, tokens, "e")
+    assert crossing is not None
+    assert thinking[:crossing] == reference[:crossing]
+    assert all(step.text.endswith("e") for step in summary.steps[:-1])
+    # after the roll-back the cache still holds exactly the transcript
+    assert small.held_text() == thinking
+    n = small.evaluated_tokens()
+    assert list(small._llm.input_ids[:n]) == small._tokens[:n]
+
+
+def test_probe_token_is_reused_when_every_step_is_delegated(demo_pair):
+    pair, small, large = demo_pair
+    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=math.inf)
+    summary = run(gsm8k_problem(2), small=small, large=large, settings=settings, policy=make_policy("glimp"))
+    assert summary.finish_reason == "eos"  # so the last generated token was evaluated
+    assert summary.small.steps == len(summary.steps) == 8
+    assert summary.small.decode_calls == summary.small.tokens == 260
+
+
+def test_escalated_steps_cost_the_small_model_one_catch_up_each(demo_pair):
+    pair, small, large = demo_pair
+    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=-math.inf)
+    summary = run(gsm8k_problem(2), small=small, large=large, settings=settings, policy=make_policy("glimp"))
+    assert summary.large_step_rate == 1.0
+    assert summary.small.tokens == 0
+    # the first probe reads the prompt's logits; each later probe evaluates the previous step in one call
+    assert summary.small.decode_calls == len(summary.steps) - 1
+    assert thinking_text(summary) == thinking_text(
+        run(gsm8k_problem(2), small=small, large=large, settings=settings, policy=make_policy("large"))
+    )
+
+
+def test_mixed_run_caches_hold_the_same_transcript_and_nothing_is_prefilled_twice(demo_pair):
+    pair, small, large = demo_pair
+    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=2.0, answer_by="small")
+    summary = run(gsm8k_problem(4), small=small, large=large, settings=settings, policy=make_policy("glimp"))
+    models = [s.model for s in summary.steps]
+    assert "small" in models and "large" in models
+    thinking = thinking_text(summary)
+    for session in (small, large):
+        session.catch_up(thinking if session is large else session.text)
+        assert session.held_text().startswith(thinking)
+        n = session.evaluated_tokens()
+        assert list(session._llm.input_ids[:n]) == session._tokens[:n]
+        assert session.counters.prefill_tokens <= n <= session.context_tokens()
+    # the small model wrote the answer after the transcript, and its cache holds that too
+    if summary.finish_reason == "answer_marker":
+        expected = thinking + summary.answer[len("\\boxed{") :]
+    else:
+        expected = thinking + pair.answer_prefix + summary.answer
+    assert small.text == small.held_text() == expected
+
+
+def test_same_seed_reproduces_a_sampled_run(demo_pair):
+    pair, small, large = demo_pair
+    settings = dataclasses.replace(settings_from_pair(pair, sampling=Sampling(temperature=0.6, top_p=0.95, seed=7)), thinking_budget=80)
+    first = run(NATALIA, small=small, large=large, settings=settings, policy=make_policy("glimp"))
+    second = run(NATALIA, small=small, large=large, settings=settings, policy=make_policy("glimp"))
+    assert [(s.model, s.text) for s in first.steps] == [(s.model, s.text) for s in second.steps]
+    assert first.answer == second.answer
