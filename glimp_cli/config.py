@@ -148,7 +148,7 @@ def _build_config(raw: Any, lines: dict[tuple[str, ...], int], path: Path) -> Co
         if key not in _TOP_KEYS:
             raise ConfigError(f"{where(key)}: unknown key '{key}'{did_you_mean(str(key), _TOP_KEYS)}")
     models = {
-        name: _build_model(name, body, where, path.parent)
+        name: _build_model(name, body, where, path.absolute().parent)
         for name, body in _section(raw, "models", where).items()
     }
     pairs = {name: _build_pair(name, body, where, models) for name, body in _section(raw, "pairs", where).items()}

@@ -187,7 +187,8 @@ def _answer(
     out = yield from _stream(
         answerer.generate_step(first_token=None, stops=settings.answer_stops, max_tokens=max_tokens), step=0, model=name
     )
-    answer = Answer(text=lead + out.text, model=name, tokens=out.tokens, seconds=time.perf_counter() - started)
+    text = out.text[: -len(out.stop)] if out.stop else out.text  # the stop string ends the answer; not part of it
+    answer = Answer(text=lead + text, model=name, tokens=out.tokens, seconds=time.perf_counter() - started)
     yield answer
     return answer
 

@@ -1,18 +1,14 @@
 """Tests for glimp_cli.checker: answer extraction, gold parsing and equivalence."""
 
 import json
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # let the tests run before the package is installed
-    sys.path.insert(0, str(REPO_ROOT))
 
-from glimp_cli.checker import (  # noqa: E402
+from glimp_cli.checker import (
     extract_answer,
     gold_answer,
     is_equivalent,
@@ -249,14 +245,12 @@ def test_normalize_answer_canonical_forms(raw, expected):
 def test_every_math500_gold_equals_itself_when_boxed():
     rows = _rows(MATH500)
     assert len(rows) == 500
-    start = time.perf_counter()
     failures = [
         row["answer"]
         for row in rows
         if not is_equivalent(extract_answer(_boxed_in_text(row["answer"])), row["answer"])
     ]
     assert failures == []
-    assert time.perf_counter() - start < 30
 
 
 def test_every_math500_gold_is_extracted_verbatim_from_its_box():

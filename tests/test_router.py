@@ -177,7 +177,7 @@ def test_answer_marker_hands_the_open_box_to_the_answerer():
     summary = _summary(events)
     assert summary.finish_reason == "answer_marker"
     assert summary.steps[0].finish == "answer_marker"
-    assert summary.answer == "\\boxed{42}\n"
+    assert summary.answer == "\\boxed{42}"  # the answer stop "\n" is not part of the answer
     assert summary.answer.startswith("\\boxed{")
     # The answerer continues inside the box: no answer prefix is appended.
     assert large.generate_calls[-1].text_before == "so \\boxed{"
@@ -286,7 +286,7 @@ def test_answer_by_picks_the_answerer(answer_by, first, answerer):
     small, large = _two_step_pair(first, small_answer="S\n", large_answer="L\n")
     summary = _summary(_route(small, large, answer_by=answer_by))
     assert summary.answer_model == answerer
-    assert summary.answer == {"small": "S\n", "large": "L\n"}[answerer]
+    assert summary.answer == {"small": "S", "large": "L"}[answerer]
     session = small if answerer == "small" else large
     call = session.generate_calls[-1]
     assert (call.first_token, call.stops, call.max_tokens) == (None, ("\n",), SETTINGS.answer_max_tokens)
@@ -306,7 +306,7 @@ def test_answer_prefix_is_appended_before_the_answer():
     assert large.catch_ups[-1] == "s1\n\nL2</think>\n\nThe answer is"
     assert large.generate_calls[-1].text_before == "s1\n\nL2</think>\n\nThe answer is"
     answers = [e for e in events if isinstance(e, Answer)]
-    assert [(a.text, a.model, a.tokens) for a in answers] == [(" 42\n", "large", 4)]
+    assert [(a.text, a.model, a.tokens) for a in answers] == [(" 42", "large", 4)]
 
 
 def test_answer_max_tokens_is_limited_by_context_room():
@@ -346,7 +346,7 @@ def test_answer_deltas_then_answer_precede_the_summary():
     answer_deltas = [e for e in events if isinstance(e, Delta) and e.step == 0]
     assert answer_index == len(events) - 2
     assert all(events.index(d) < answer_index for d in answer_deltas)
-    assert "".join(d.text for d in answer_deltas) == events[answer_index].text == " 42\n"
+    assert "".join(d.text for d in answer_deltas) == events[answer_index].text + "\n" == " 42\n"
 
 
 def test_summary_totals_match_the_script():
@@ -360,7 +360,7 @@ def test_summary_totals_match_the_script():
     assert (summary.small.prefill_tokens, summary.large.prefill_tokens) == (4, 8)
     assert summary.small.context_tokens == 10 + 4 + 4 + 4
     assert summary.large.context_tokens == 10 + 8 + 14 + 4
-    assert summary.answer == " 42\n"
+    assert summary.answer == " 42"
     assert summary.answer_model == "large"
     assert (summary.mode, summary.threshold) == ("glimp", THRESHOLD)
     assert summary.latency_s > 0
