@@ -200,6 +200,7 @@ class LlamaSession:
         chunks = -(-len(pending) // self._n_batch)
         llm.eval(pending)
         self.counters.prefill_tokens += len(pending) - self._own_pending
+        self.counters.evaluated_tokens += len(pending)
         if self._prompt_done:
             self.counters.decode_calls += chunks
         self._prompt_done = True

@@ -81,18 +81,21 @@ class BenchPlan:
 
 @dataclass(frozen=True)
 class BenchProgress:
-    """Sent to `on_progress` after each problem of each condition."""
+    """Sent to `on_progress` before each problem is run, and after each is finished or skipped."""
 
-    done: int  # results finished in this plan, skipped ones included
+    status: str  # "running" | "finished" | "skipped" (already in results.jsonl)
+    done: int  # results of this plan finished so far, skipped ones included
     total: int
     condition: Condition
-    finished: int  # results of this condition so far
-    correct: int
-    record: dict[str, Any] | None  # None: already in results.jsonl, skipped
+    position: int  # 1-based position of the problem in this condition
+    problems: int  # problems per condition
+    scored: int  # results of this condition so far
+    correct: int  # ... of which correct
+    record: dict[str, Any] | None  # the new record when finished
 
     @property
     def accuracy(self) -> float:
-        return self.correct / self.finished if self.finished else 0.0
+        return self.correct / self.scored if self.scored else 0.0
 
 
 ProgressCallback = Callable[[BenchProgress], None]
@@ -124,7 +127,7 @@ def parse_number(text: str, *, option: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"{option} must be a number (or comma-separated numbers for --threshold), got '{text.strip()}'") from None
+        raise ConfigError(f"{option} must be a number, got '{text.strip()}'") from None
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{option} must be a number, 0 or more, got '{text.strip()}'")
     return value
@@ -204,7 +207,7 @@ class Overhead:
             "problems": len(self.outside_s),
             "mean_s": round(statistics.fmean(self.outside_s), 6),
             "median_s": round(statistics.median(self.outside_s), 6),
-            "max_s": round(max(self.outside_s), 6),  # the first problem pays for importing math_verify
+            "max_s": round(max(self.outside_s), 6),
             "share": round(sum(self.outside_s) / self.wall_s, 6) if self.wall_s > 0 else None,
         }
 
@@ -215,6 +218,7 @@ def run_bench(
     """Run every (problem, condition) not yet in the store; write the summary even when interrupted."""
     overhead = Overhead()
     done = 0
+    is_equivalent("0", "1")  # imports math_verify now: a one-time cost, not the first problem's overhead
     try:
         for condition in plan.fixed_conditions():
             done = _run_condition(plan, condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
@@ -222,7 +226,7 @@ def run_bench(
             random_condition = _random_condition(plan, store)
             _run_condition(plan, random_condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
     finally:
-        summary = summarize(store.records, run=store.fingerprint, planned=_planned_keys(plan, store), overhead=overhead.record())
+        summary = summarize(store.records, run=store.fingerprint, planned=_completion(plan, store), overhead=overhead.record())
         store.write_summary(summary, summary_markdown(summary))
     return summary
 
@@ -238,19 +242,24 @@ def _run_condition(
     on_progress: ProgressCallback | None,
     overhead: Overhead,
 ) -> int:
-    finished = correct = 0
+    scored = correct = 0
     clock = time.perf_counter()
-    for problem in plan.problems:
+
+    def notify(status: str, position: int, record: dict[str, Any] | None) -> None:
+        if on_progress is not None:
+            on_progress(BenchProgress(status, done, plan.total, condition, position, len(plan.problems), scored, correct, record))
+
+    for position, problem in enumerate(plan.problems, start=1):
         record = store.get(condition.key(problem.id))
-        skipped = record is not None
-        if not skipped:
+        status = "skipped" if record is not None else "finished"
+        if record is None:
+            notify("running", position, None)
             record = solve(problem, condition, small=small, large=large, settings=plan.settings)
             store.append(record)
-        done, finished, correct = done + 1, finished + 1, correct + bool(record["correct"])
-        if on_progress is not None:
-            on_progress(BenchProgress(done, plan.total, condition, finished, correct, None if skipped else record))
+        done, scored, correct = done + 1, scored + 1, correct + bool(record["correct"])
+        notify(status, position, record if status == "finished" else None)
         now = time.perf_counter()
-        if not skipped:
+        if status == "finished":
             overhead.add(now - clock, record["latency_s"])
         clock = now
     return done
@@ -284,7 +293,7 @@ def solve(problem: Problem, condition: Condition, *, small: Session, large: Sess
         "large_steps": sum(1 for s in summary.steps if s.model == "large"),
         "tokens": {"small": summary.small.tokens, "large": summary.large.tokens},
         "prefill_tokens": {"small": summary.small.prefill_tokens, "large": summary.large.prefill_tokens},
-        "entropies": [None if s.entropy is None else round(s.entropy, 6) for s in summary.steps],  # nats
+        "entropies": [None if s.entropy is None else round(s.entropy, 6) + 0.0 for s in summary.steps],  # nats; + 0.0: no -0.0
         "finish_reason": summary.finish_reason,
         "seed": seed,
     }
@@ -294,8 +303,8 @@ def problem_seed(run_seed: int, problem_id: str | int) -> int:
     """The seed of one problem: the same in every mode, different between problems.
 
     The router seeds both sampling and random mode's draws with it; one seed for all problems
-    would give random mode the same draws on every problem (with seed 0, no step 1-3 ever
-    goes to the large model at rates under 0.42).
+    would give random mode the same draws on every problem (with seed 0, steps 1-3 never
+    go to the large model at rates up to 0.42).
     """
     return random.Random(f"{run_seed}/{problem_id}").getrandbits(32)
 
@@ -318,7 +327,8 @@ def matched_rate(glimp_records: Iterable[dict[str, Any]]) -> float:
     return round(large_steps / steps, 6) if steps else 0.0
 
 
-def _planned_keys(plan: BenchPlan, store: ResultStore) -> dict[str, int]:
+def _completion(plan: BenchPlan, store: ResultStore) -> dict[str, int]:
+    """How many of this plan's results exist, of how many."""
     conditions = plan.fixed_conditions()
     if "random" in plan.modes:
         conditions.append(_random_condition(plan, store))
@@ -332,12 +342,14 @@ def _planned_keys(plan: BenchPlan, store: ResultStore) -> dict[str, int]:
 def summarize(
     records: list[dict[str, Any]], *, run: dict[str, Any], planned: dict[str, int] | None = None, overhead: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Per-condition accuracy, latency and large-model share over every record in results.jsonl."""
+    """Per-condition accuracy, latency and large-model share over every record in results.jsonl,
+    in the order glimp (by threshold), small, large, random."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["mode"], record.get("threshold"), record.get("rate")), []).append(record)
     large_latency = {r["id"]: r["latency_s"] for r in records if r["mode"] == "large"}
-    conditions = [_condition_summary(Condition(*key), group, large_latency) for key, group in groups.items()]
+    order = sorted(groups, key=lambda k: (MODES.index(k[0]) if k[0] in MODES else len(MODES), k[1] or 0.0, k[2] or 0.0))
+    conditions = [_condition_summary(Condition(*key), groups[key], large_latency) for key in order]
     return {
         "pair": run.get("pair"),
         "small": run.get("small", {}).get("name"),
@@ -448,6 +460,7 @@ class BenchDisplay:
         self._progress = None
         self._task = None
         self._skipped = 0
+        self._seen = False  # any result, run or skipped
 
     def __enter__(self) -> BenchDisplay:
         return self
@@ -455,29 +468,37 @@ class BenchDisplay:
     def __exit__(self, exc_type, exc, traceback) -> None:
         if self._progress is not None:
             self._progress.stop()
-        if self._skipped and exc_type is None:
-            self.console.print(f"all {self._skipped} results were already in {self.out / 'results.jsonl'}")
-        if exc_type is KeyboardInterrupt:
+        self._report_skipped()
+        if exc_type is KeyboardInterrupt and not self._seen:
+            self.console.print("interrupted before the first result", markup=False)
+        elif exc_type is KeyboardInterrupt:
             self.console.print(
-                f"finished results stay in {self.out / 'results.jsonl'}, their summary in {self.out / 'summary.md'}; "
-                "rerun with --resume to continue"
+                f"interrupted: finished results stay in {self.out / 'results.jsonl'}, their summary in {self.out / 'summary.md'}; "
+                "rerun with --resume to continue",
+                markup=False,
+                soft_wrap=True,
             )
 
     def notes(self, notes: Iterable[str]) -> None:
         for note in notes:
-            self.console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+            self.console.print(f"note: {note}", style="yellow", markup=False, soft_wrap=True)
 
     def __call__(self, progress: BenchProgress) -> None:
-        if progress.record is None:
+        if progress.status == "skipped":
+            self._seen = True
             self._skipped += 1
             return
-        if self._skipped:
-            self.console.print(f"skipped {self._skipped} results already in {self.out / 'results.jsonl'}")
-            self._skipped = 0
+        self._report_skipped()
         if self.console.is_terminal:
             self._bar(progress)
-        else:
+        elif progress.status == "finished":
+            self._seen = True
             self._line(progress)
+
+    def _report_skipped(self) -> None:
+        if self._skipped:
+            self.console.print(f"skipped {self._skipped} results already in {self.out / 'results.jsonl'}", markup=False, soft_wrap=True)
+            self._skipped = 0
 
     def _bar(self, progress: BenchProgress) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -492,18 +513,20 @@ class BenchDisplay:
                 console=self.console,
             )
             self._progress.start()
-            # Start at the results already done, so the ETA reflects only problems actually run.
-            self._task = self._progress.add_task("", total=progress.total, completed=progress.done - 1, accuracy="")
-        accuracy = f"acc {progress.accuracy:.1%} ({progress.correct}/{progress.finished})"
-        self._progress.update(self._task, completed=progress.done, description=progress.condition.label, accuracy=accuracy)
+            # Start at the results already done, so that the ETA counts only problems actually run.
+            self._task = self._progress.add_task("", total=progress.total, completed=progress.done, accuracy="")
+        self._seen = self._seen or progress.status == "finished"
+        accuracy = f"acc {progress.accuracy:.1%} ({progress.correct}/{progress.scored})" if progress.scored else ""
+        description = f"{progress.condition.label} problem {progress.position}/{progress.problems}"
+        self._progress.update(self._task, completed=progress.done, description=description, accuracy=accuracy)
 
     def _line(self, progress: BenchProgress) -> None:
         record = progress.record
         verdict = "correct" if record["correct"] else "wrong"
         self.console.print(
-            f"[{progress.done}/{progress.total}] {progress.condition.label} id={record['id']} {verdict} "
-            f"(predicted {record['predicted']!r}, gold {record['gold']!r}) {record['latency_s']:.2f} s · "
-            f"acc {progress.accuracy:.1%} ({progress.correct}/{progress.finished})",
+            f"[{progress.done}/{progress.total}] {progress.condition.label} problem {progress.position}/{progress.problems} "
+            f"id={record['id']} {verdict} (predicted {record['predicted']!r}, gold {record['gold']!r}) {record['latency_s']:.2f} s · "
+            f"acc {progress.accuracy:.1%} ({progress.correct}/{progress.scored})",
             markup=False,
             highlight=False,
             soft_wrap=True,

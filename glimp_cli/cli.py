@@ -169,7 +169,7 @@ def bench(
     entropy: Annotated[Optional[str], typer.Option("--entropy", help="Entropy over the full vocabulary (full) or the top 20 tokens, renormalised (topk).")] = None,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")] = DEFAULT_TEMPERATURE,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = DEFAULT_TOP_P,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed, the same for every problem and mode.")] = DEFAULT_SEED,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: each problem's seed derives from it and the problem id, the same in every mode.")] = DEFAULT_SEED,
     max_step_tokens: Annotated[Optional[int], typer.Option("--max-step-tokens", help="Cap on one step's tokens.")] = None,
     thinking_budget: Annotated[Optional[int], typer.Option("--thinking-budget", help="Cap on all thinking tokens.")] = None,
     answer_by: Annotated[Optional[str], typer.Option("--answer-by", help="Who writes glimp's and random's final answer: large, small or last.")] = None,

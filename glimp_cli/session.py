@@ -30,9 +30,10 @@ class StepOutput:
 
 @dataclass
 class Counters:
-    prefill_tokens: int = 0
-    decode_calls: int = 0
-    generated_tokens: int = 0
+    prefill_tokens: int = 0  # evaluated, not sampled by this model: prompt, catch-up, boundary re-tokenization
+    decode_calls: int = 0  # llama_decode calls after the prompt's
+    generated_tokens: int = 0  # sampled and kept (EOS not counted)
+    evaluated_tokens: int = 0  # every token handed to llama_decode, counted independently of the cache
 
 
 class Session(Protocol):

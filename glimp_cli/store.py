@@ -113,11 +113,12 @@ def open_store(directory: str | os.PathLike[str], *, fingerprint: dict[str, Any]
 
 
 def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """'key: old then, new now' for every dotted key whose value differs."""
+    """'key: old then, new now' for every dotted key whose value differs, in the new fingerprint's order."""
     before, after = _flatten(old), _flatten(new)
+    keys = [*after, *(key for key in before if key not in after)]
     return [
         f"{key}: {before.get(key, '(unset)')!r} then, {after.get(key, '(unset)')!r} now"
-        for key in sorted(set(before) | set(after))
+        for key in keys
         if before.get(key) != after.get(key)
     ]
 

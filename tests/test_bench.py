@@ -1,0 +1,555 @@
+"""Tests for glimp bench: the run loop on stepping fake sessions, the CLI's bad-input errors,
+and end to end with the demo pair on a few gsm8k problems (interrupted and resumed too)."""
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from rich.console import Console
+
+from glimp_cli import bench
+from glimp_cli.bench import BenchDisplay, BenchProgress, Condition, make_plan, run_bench, summary_markdown
+from glimp_cli.cli import main
+from glimp_cli.config import PACKAGED_CONFIG
+from glimp_cli.errors import ConfigError
+from glimp_cli.router import RouterSettings
+from glimp_cli.session import Counters, Sampling, StepOutput
+from glimp_cli.store import RESULTS_FILE, RUN_FILE, SUMMARY_JSON, SUMMARY_MD, open_store, result_key
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+GSM8K = DATA_DIR / "gsm8k.jsonl"
+LN8 = math.log(8)
+SETTINGS = RouterSettings(threshold=1.0, answer_stops=(), sampling=Sampling(temperature=0.0, seed=0))
+FINGERPRINT = {"pair": "fake"}
+STEP_TEXT = "{name} step {index}.\n\n"  # 15 characters (one token each) for steps 1-9
+FINAL_TEXT = "So \\boxed{"  # 10 characters
+
+
+class SteppingSession:
+    """A Session that thinks `steps` steps per problem, then writes '\\boxed{' and, asked for
+    the answer, '<answer>}'. One token per character. The small model's probe at step i is
+    uniform over `probe_widths[i]` tokens: entropy ln(width) nats."""
+
+    def __init__(self, name: str, *, steps: int = 4, probe_widths: Sequence[int] = (1,), answers: dict[str, str] | None = None):
+        self.name = name
+        self.steps = steps
+        self.probe_widths = probe_widths
+        self.answers = answers or {}
+        self.counters = Counters()
+        self.starts: list[tuple[str, int]] = []  # (problem, seed)
+        self.interrupt_at_start: int | None = None  # raise KeyboardInterrupt at this start() call
+        self._problem = ""
+        self._text = ""
+
+    def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
+        if self.interrupt_at_start == len(self.starts) + 1:
+            raise KeyboardInterrupt
+        self.starts.append((problem, sampling.seed))
+        self._problem, self._text, self.counters = problem, "", Counters()
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def catch_up(self, transcript: str) -> None:
+        assert transcript.startswith(self._text)
+        self.counters.prefill_tokens += len(transcript) - len(self._text)
+        self._text = transcript
+
+    def context_room(self) -> int:
+        return 1_000_000
+
+    def context_tokens(self) -> int:
+        return len(self._text)
+
+    def next_token_logits(self) -> np.ndarray:
+        width = self.probe_widths[self._text.count("\n\n") % len(self.probe_widths)]
+        return np.array([0.0] * width + [-np.inf] * (8 - width))
+
+    def sample(self) -> int:
+        return 0
+
+    def token_text(self, token: int) -> str:
+        return "t"
+
+    def generate_step(self, *, first_token: int | None, stops: Sequence[str], max_tokens: int) -> Generator[str, None, StepOutput]:
+        if self._text.endswith("\\boxed{"):
+            text, finish, stop = self.answers.get(self._problem, "0") + "}", "eos", None
+        elif self._text.count("\n\n") < self.steps - 1:
+            text, finish, stop = STEP_TEXT.format(name=self.name, index=self._text.count("\n\n") + 1), "stop", "\n\n"
+        else:
+            text, finish, stop = FINAL_TEXT, "stop", "\\boxed{"
+        assert len(text) <= max_tokens
+        yield text
+        self._text += text
+        self.counters.generated_tokens += len(text)
+        return StepOutput(text=text, tokens=len(text), finish=finish, stop=stop)
+
+
+def _data(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"problem {i}", "answer": str(10 + i)}) + "\n" for i in range(n)))
+    return path
+
+
+def _pair(n: int, *, steps: int = 4, probe_widths: Sequence[int] = (1, 8, 1, 1)):
+    """The large model answers every problem correctly, the small one only even-numbered ones."""
+    small = SteppingSession("small", steps=steps, probe_widths=probe_widths, answers={f"problem {i}": str(10 + i) if i % 2 == 0 else "0" for i in range(n)})
+    large = SteppingSession("large", steps=steps, answers={f"problem {i}": str(10 + i) for i in range(n)})
+    return small, large
+
+
+def _run(tmp_path, *, n=3, limit=None, modes=bench.DEFAULT_MODES, thresholds=None, rate="0.25", probe_widths=(1, 8, 1, 1), steps=4, on_progress=None, pair=None, resume=False):
+    plan = make_plan(_data(tmp_path, n), settings=SETTINGS, modes=modes, thresholds=thresholds, rate=rate, limit=limit)
+    small, large = pair or _pair(n, probe_widths=probe_widths, steps=steps)
+    with open_store(tmp_path / "out", fingerprint=FINGERPRINT, resume=resume) as store:
+        summary = run_bench(plan, small=small, large=large, store=store, on_progress=on_progress)
+    return summary, _records(tmp_path / "out"), (small, large)
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / RESULTS_FILE).read_text().splitlines()]
+
+
+# --- the run loop ------------------------------------------------------------------------------
+
+
+def test_every_problem_gets_one_record_per_mode_with_random_last(tmp_path):
+    _, records, _ = _run(tmp_path)
+    assert [(r["mode"], r["id"]) for r in records] == [(m, f"p{i}") for m in ("glimp", "small", "large", "random") for i in range(3)]
+    assert len({result_key(r) for r in records}) == 12
+
+
+def test_glimp_record_holds_exact_counts_entropies_and_check(tmp_path):
+    _, records, _ = _run(tmp_path)
+    first = records[0]
+    assert {k: v for k, v in first.items() if k not in ("latency_s", "seed")} == {
+        "id": "p0",
+        "mode": "glimp",
+        "threshold": 1.0,
+        "rate": None,
+        "correct": True,
+        "predicted": "10",
+        "gold": "10",
+        "answer": "\\boxed{10}",
+        "answer_model": "large",
+        "steps": 4,
+        "large_steps": 1,  # only step 2's probe (ln 8 nats) is above the threshold
+        "tokens": {"small": 15 + 15 + 10, "large": 15 + 3},
+        "prefill_tokens": {"small": 15, "large": 15 + 15 + 10},
+        "entropies": [0.0, round(LN8, 6), 0.0, 0.0],
+        "finish_reason": "answer_marker",
+    }
+    assert first["latency_s"] > 0
+
+
+def test_single_model_baselines_never_touch_the_other_model(tmp_path):
+    _, records, _ = _run(tmp_path)
+    small = [r for r in records if r["mode"] == "small"]
+    large = [r for r in records if r["mode"] == "large"]
+    assert all(r["tokens"]["large"] == r["prefill_tokens"]["large"] == 0 and r["answer_model"] == "small" for r in small)
+    assert all(r["tokens"]["small"] == r["prefill_tokens"]["small"] == 0 and r["answer_model"] == "large" for r in large)
+    assert [r["correct"] for r in small] == [True, False, True]
+    assert all(r["entropies"] == [None] * 4 for r in large)
+
+
+def test_large_mode_share_is_one_and_small_mode_share_is_zero(tmp_path):
+    summary, _, _ = _run(tmp_path)
+    shares = {c["label"]: (c["large_step_share"], c["large_token_share"]) for c in summary["conditions"]}
+    assert shares["large"] == (1.0, 1.0)
+    assert shares["small"] == (0.0, 0.0)
+    assert shares["glimp@1"][0] == 0.25
+
+
+def test_random_runs_at_the_step_share_glimp_used_on_these_problems(tmp_path):
+    _, records, _ = _run(tmp_path)
+    assert {(r["threshold"], r["rate"]) for r in records if r["mode"] == "random"} == {(1.0, 0.25)}
+
+
+def test_random_share_tracks_glimp_share_over_many_steps(tmp_path):
+    summary, _, _ = _run(tmp_path, n=60, steps=8, probe_widths=(1, 8, 1, 1), modes="glimp,random")
+    glimp, random_ = summary["conditions"]
+    assert glimp["large_step_share"] == 0.25
+    assert random_["rate"] == 0.25
+    # 480 independent draws: 3 standard errors is about 0.06
+    assert abs(random_["large_step_share"] - 0.25) < 0.06
+
+
+def test_with_several_thresholds_random_matches_the_first(tmp_path):
+    summary, records, _ = _run(tmp_path, thresholds="0.5,3", modes="random,glimp")
+    assert [c["label"] for c in summary["conditions"]] == ["glimp@0.5", "glimp@3", "random@0.250"]
+    assert [c["large_step_share"] for c in summary["conditions"][:2]] == [0.25, 0.0]
+    assert {(r["threshold"], r["rate"]) for r in records if r["mode"] == "random"} == {(0.5, 0.25)}
+
+
+def test_random_without_glimp_runs_at_the_rate_option(tmp_path):
+    _, records, _ = _run(tmp_path, modes="small,random", rate="0.4")
+    assert {(r["threshold"], r["rate"]) for r in records if r["mode"] == "random"} == {(None, 0.4)}
+
+
+def test_each_problem_has_one_seed_in_every_mode_and_problems_differ(tmp_path):
+    _, records, (small, _) = _run(tmp_path)
+    seeds = {}
+    for problem, seed in small.starts:
+        seeds.setdefault(problem, set()).add(seed)
+    assert all(len(s) == 1 for s in seeds.values())
+    assert len({next(iter(s)) for s in seeds.values()}) == 3
+    assert {r["id"]: r["seed"] for r in records} == {f"p{i}": bench.problem_seed(0, f"p{i}") for i in range(3)}
+
+
+def test_summary_numbers_recompute_from_the_records(tmp_path):
+    summary, records, _ = _run(tmp_path)
+    assert json.loads((tmp_path / "out" / SUMMARY_JSON).read_text()) == summary
+    _assert_summary_matches_records(summary, records)
+
+
+def test_summary_markdown_has_one_row_per_condition(tmp_path):
+    summary, _, _ = _run(tmp_path)
+    markdown = (tmp_path / "out" / SUMMARY_MD).read_text()
+    assert markdown == summary_markdown(summary)
+    rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| mode | n | accuracy | ± se | mean s | median s | vs large | large steps | large tokens | tokens/s | finish |"
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| glimp@1", "| small", "| large", "| random@0.250"]
+    assert rows[2].split(" | ")[2:4] == ["66.7%", "27.2%"]  # small: 2 of 3, se sqrt(2/9 / 3)
+    assert rows[3].split(" | ")[-1] == "answer_marker 3 |"
+
+
+def test_progress_reports_each_problem_before_and_after_it_runs(tmp_path):
+    seen: list[BenchProgress] = []
+    _run(tmp_path, on_progress=seen.append)
+    assert [p.status for p in seen] == ["running", "finished"] * 12
+    assert [p.done for p in seen] == [d for i in range(12) for d in (i, i + 1)]
+    assert {p.total for p in seen} == {12}
+    small = [p for p in seen if p.condition.mode == "small"]
+    assert [(p.position, p.scored, p.correct) for p in small] == [(1, 0, 0), (1, 1, 1), (2, 1, 1), (2, 2, 1), (3, 2, 1), (3, 3, 2)]
+    assert small[-1].accuracy == pytest.approx(2 / 3)
+    assert all((p.record is not None) == (p.status == "finished") for p in seen)
+
+
+def test_resume_runs_only_the_missing_results(tmp_path):
+    _run(tmp_path)
+    results = tmp_path / "out" / RESULTS_FILE
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join(lines[:7]) + "\n" + lines[7][:15])  # results 8-12 lost, the 8th cut mid-line
+    seen: list[BenchProgress] = []
+    summary, records, (small, large) = _run(tmp_path, on_progress=seen.append, resume=True)
+    assert len(records) == 12 and len({result_key(r) for r in records}) == 12
+    assert [p.status for p in seen] == ["skipped"] * 7 + ["running", "finished"] * 5
+    assert len(small.starts) == 5  # only the missing (problem, mode) pairs ran
+    assert summary["finished"] == summary["planned"] == 12
+
+
+def test_resume_with_a_larger_limit_runs_only_the_new_problems(tmp_path):
+    _run(tmp_path, n=4, limit=2)
+    summary, records, (small, _) = _run(tmp_path, n=4, resume=True)
+    assert len(records) == 16 and len({result_key(r) for r in records}) == 16
+    assert {problem for problem, _ in small.starts} == {"problem 2", "problem 3"}
+    assert [c["n"] for c in summary["conditions"]] == [4, 4, 4, 4]
+
+
+def test_an_interrupt_keeps_finished_results_and_writes_their_summary(tmp_path):
+    pair = _pair(3)
+    pair[0].interrupt_at_start = 5  # the second problem of `small`
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, pair=pair)
+    out = tmp_path / "out"
+    records = _records(out)
+    assert [(r["mode"], r["id"]) for r in records] == [("glimp", "p0"), ("glimp", "p1"), ("glimp", "p2"), ("small", "p0")]
+    summary = json.loads((out / SUMMARY_JSON).read_text())
+    assert (summary["results"], summary["finished"], summary["planned"]) == (4, 4, 12)
+    _assert_summary_matches_records(summary, records)
+    _, records, _ = _run(tmp_path, resume=True)
+    assert len(records) == 12 and len({result_key(r) for r in records}) == 12
+
+
+def test_overhead_is_reported_for_problems_run(tmp_path):
+    summary, _, _ = _run(tmp_path)
+    overhead = summary["overhead"]
+    assert overhead["problems"] == 12
+    assert 0 <= overhead["median_s"] <= overhead["max_s"]
+    assert 0 <= overhead["share"] < 1
+
+
+def test_plain_progress_lines_off_a_terminal(tmp_path):
+    out = io.StringIO()
+    display = BenchDisplay(Console(file=out, force_terminal=False, width=200), out=Path("runs/x"))
+    with display:
+        _run(tmp_path, modes="large", n=2, on_progress=display)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("[1/2] large problem 1/2 id=p0 correct (predicted '10', gold '10') ")
+    assert lines[1].endswith(" s · acc 100.0% (2/2)")
+
+
+def test_display_reports_skipped_results_and_how_to_resume_after_an_interrupt(tmp_path):
+    _run(tmp_path, modes="large", n=2)
+    results = tmp_path / "out" / RESULTS_FILE
+    results.write_text(results.read_text().splitlines()[0] + "\n")
+    pair = _pair(2)
+    pair[0].interrupt_at_start = 1
+    out = io.StringIO()
+    display = BenchDisplay(Console(file=out, force_terminal=False, width=80), out=Path("runs/x"))
+    with pytest.raises(KeyboardInterrupt), display:
+        _run(tmp_path, modes="large", n=2, pair=pair, resume=True, on_progress=display)
+    assert out.getvalue().splitlines() == [
+        "skipped 1 results already in runs/x/results.jsonl",
+        "interrupted: finished results stay in runs/x/results.jsonl, their summary in runs/x/summary.md; rerun with --resume to continue",
+    ]
+
+
+def test_progress_bar_on_a_terminal_shows_mode_problem_count_and_accuracy(tmp_path):
+    out = io.StringIO()
+    display = BenchDisplay(Console(file=out, force_terminal=True, width=120, color_system=None), out=Path("runs/x"))
+    with display:
+        _run(tmp_path, modes="glimp,large", n=2, on_progress=display)
+    final = out.getvalue().rsplit("\r", 1)[-1]
+    assert "large problem 2/2 ━" in final
+    assert "━ 4/4 acc 100.0% (2/2) 0:00:00" in final
+
+
+def test_parse_modes_names_unknown_modes():
+    assert bench.parse_modes("large, glimp,large") == ("large", "glimp")
+    with pytest.raises(ConfigError, match=r"--modes: unknown mode 'smal' \(did you mean 'small'\?\); choose from glimp, small, large, random"):
+        bench.parse_modes("glimp,smal")
+
+
+def test_parse_thresholds_reads_comma_separated_nats():
+    assert bench.parse_thresholds("0.5, 1,1.5,1") == (0.5, 1.0, 1.5)
+    for bad in ("x", "1,,2", "-1", "nan"):
+        with pytest.raises(ConfigError, match="--threshold must be a number"):
+            bench.parse_thresholds(bad)
+
+
+def test_condition_labels():
+    assert [Condition("glimp", threshold=1.5).label, Condition("random", 1.0, 0.1234).label, Condition("small").label] == ["glimp@1.5", "random@0.123", "small"]
+
+
+def _assert_summary_matches_records(summary: dict, records: list[dict]) -> None:
+    by_label = {c["label"]: c for c in summary["conditions"]}
+    large_latency = {r["id"]: r["latency_s"] for r in records if r["mode"] == "large"}
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["mode"], r["threshold"], r["rate"]), []).append(r)
+    assert len(by_label) == len(groups)
+    for key, group in groups.items():
+        c = by_label[Condition(*key).label]
+        n = len(group)
+        accuracy = sum(r["correct"] for r in group) / n
+        latencies = sorted(r["latency_s"] for r in group)
+        tokens_small = sum(r["tokens"]["small"] for r in group)
+        tokens_large = sum(r["tokens"]["large"] for r in group)
+        assert c["n"] == n
+        assert c["accuracy"] == pytest.approx(accuracy)
+        assert c["accuracy_se"] == pytest.approx(math.sqrt(accuracy * (1 - accuracy) / n))
+        assert c["latency_mean_s"] == pytest.approx(sum(latencies) / n)
+        assert c["latency_median_s"] == pytest.approx(latencies[n // 2] if n % 2 else (latencies[n // 2 - 1] + latencies[n // 2]) / 2)
+        assert c["large_step_share"] == pytest.approx(sum(r["large_steps"] for r in group) / sum(r["steps"] for r in group))
+        assert c["large_token_share"] == pytest.approx(tokens_large / (tokens_small + tokens_large))
+        assert c["tokens_per_s"] == pytest.approx((tokens_small + tokens_large) / sum(latencies))
+        assert c["finish_reasons"] == dict(Counter(r["finish_reason"] for r in group))
+        paired = [(r["latency_s"], large_latency[r["id"]]) for r in group if r["id"] in large_latency]
+        if paired:
+            assert c["latency_vs_large"] == pytest.approx(sum(a for a, _ in paired) / sum(b for _, b in paired))
+    assert summary["results"] == len(records)
+
+
+# --- bad input through the CLI (no model is loaded) ------------------------------------------------
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["glimp", "bench", *args])
+    monkeypatch.delenv("GLIMP_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("glimp: error: ")
+    return lines[0].removeprefix("glimp: error: ")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "data file not found: {path}"),
+        ('{"problem": "q", "answer": "1"}\n{"problem": "q2", \n', "{path}:2: not JSON: "),
+        ('{"problem": "q", "answer": "1"}\n{"text": "q", "answer": "1"}\n', "{path}:2: no problem text: expected 'problem' or 'question' or 'prompt'; the record has 'text', 'answer'"),
+        ('{"problem": "q", "result": "1"}\n', "{path}:1: no answer: expected 'answer' or 'gold' or 'solution'; the record has 'problem', 'result'"),
+        ("", "{path}: no problems (the file is empty)"),
+    ],
+    ids=["missing-file", "not-json", "no-problem", "no-answer", "empty-file"],
+)
+def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, message):
+    path = tmp_path / "data.jsonl"
+    if content is not None:
+        path.write_text(content)
+    code, err = _cli(monkeypatch, capsys, str(path), "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert _one_error_line(err).startswith(message.format(path=path))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--modes", "glimp,smal"], "--modes: unknown mode 'smal' (did you mean 'small'?)"),
+        (["--threshold", "0.5,high"], "--threshold must be a number"),
+        (["--rate", "1.5"], "--rate must be between 0 and 1, got 1.5"),
+        (["--limit", "0"], "--limit must be positive, got 0"),
+        (["--resume", "--force"], "--resume and --force exclude each other"),
+    ],
+    ids=["unknown-mode", "bad-threshold", "bad-rate", "bad-limit", "resume-and-force"],
+)
+def test_bad_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
+    code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(tmp_path / "out"), *args)
+    assert code == 2
+    assert _one_error_line(err).startswith(message)
+
+
+def _out_with_results_from(tmp_path: Path, fingerprint: dict) -> Path:
+    out = tmp_path / "out"
+    with open_store(out, fingerprint=fingerprint) as store:
+        store.append({"id": "p0", "mode": "small", "threshold": None, "rate": None, "correct": True})
+    return out
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_out_with_results_from_other_settings_exits_2(tmp_path, monkeypatch, capsys, resume):
+    out = _out_with_results_from(tmp_path, {"pair": "other"})
+    code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(out), *(["--resume"] if resume else []))
+    assert code == 2
+    line = _one_error_line(err)
+    assert line.startswith(f"{out} holds results from different settings (pair: 'other' then, 'demo' now; small.name: '(unset)' then, ")
+    assert line.endswith("pass --force to start over, or choose another --out")
+    assert len(_records(out)) == 1  # untouched
+
+
+def test_out_with_a_corrupt_middle_line_exits_2(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RUN_FILE).write_text("{}")
+    (out / RESULTS_FILE).write_text('{"id": 1, "mode": "small"}\nnot json\n{"id": 2, "mode": "small"}\n')
+    code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(out), "--resume")
+    assert code == 2
+    assert _one_error_line(err) == f"{out / RESULTS_FILE}:2: not a result record: fix or delete the line, or pass --force to start over"
+
+
+# --- end to end with the demo pair ---------------------------------------------------------------
+
+E2E_CAPS = ("--temperature", "0", "--max-step-tokens", "32", "--thinking-budget", "64")
+
+
+@pytest.fixture(scope="module")
+def demo_config(tmp_path_factory) -> str:
+    """The shipped demo pair with one thread per model: two llama.cpp contexts with a thread per
+    core each spin against each other (and against other processes) on small machines."""
+    config = yaml.safe_load(PACKAGED_CONFIG.read_text(encoding="utf-8"))
+    for model in config["models"].values():
+        model["n_threads"] = 1
+    path = tmp_path_factory.mktemp("config") / "models.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return str(path)
+
+
+def _glimp(*args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("GLIMP_DEBUG", None)
+    return subprocess.Popen([sys.executable, "-m", "glimp_cli", "bench", *args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def _gsm8k() -> Path:
+    if not GSM8K.is_file():
+        pytest.skip(f"benchmark data not found at {GSM8K}")
+    return GSM8K
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, demo_config):
+    """Three gsm8k problems under all four modes, short caps, --json."""
+    out = tmp_path_factory.mktemp("bench") / "gsm8k"
+    proc = _glimp(str(_gsm8k()), "--limit", "3", *E2E_CAPS, "--config", demo_config, "--out", str(out), "--json")
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr
+    return out, json.loads(stdout), stderr
+
+
+def test_demo_run_writes_one_record_per_problem_and_mode(demo_run):
+    out, _, _ = demo_run
+    records = _records(out)
+    assert sorted((r["id"], r["mode"]) for r in records) == sorted((i, m) for i in range(3) for m in ("glimp", "small", "large", "random"))
+    assert {r["gold"] for r in records} == {"18", "3", "70000"}
+    assert all(len(r["entropies"]) == r["steps"] for r in records)
+    assert all(r["threshold"] == 2.5 for r in records if r["mode"] in ("glimp", "random"))
+
+
+def test_demo_run_summary_recomputes_from_records_and_is_printed_as_json(demo_run):
+    out, printed, _ = demo_run
+    assert printed == json.loads((out / SUMMARY_JSON).read_text())
+    _assert_summary_matches_records(printed, _records(out))
+    assert (printed["results"], printed["finished"], printed["planned"]) == (12, 12, 12)
+    assert (out / SUMMARY_MD).read_text() == summary_markdown(printed)
+
+
+def test_demo_run_shares_large_one_small_zero_random_near_glimp(demo_run):
+    out, summary, _ = demo_run
+    by_mode = {c["mode"]: c for c in summary["conditions"]}
+    assert by_mode["large"]["large_step_share"] == 1.0 and by_mode["large"]["large_token_share"] == 1.0
+    assert by_mode["small"]["large_step_share"] == 0.0 and by_mode["small"]["large_token_share"] == 0.0
+    glimp, random_ = by_mode["glimp"], by_mode["random"]
+    assert random_["rate"] == pytest.approx(glimp["large_steps"] / glimp["steps"], abs=1e-6)
+    # A handful of random draws: allow three binomial standard errors (plus one step).
+    n = random_["steps"]
+    assert abs(random_["large_step_share"] - random_["rate"]) <= 3 * math.sqrt(random_["rate"] * (1 - random_["rate"]) / n) + 1 / n
+
+
+def test_demo_run_fingerprint_names_pair_models_and_data(demo_run):
+    out, _, _ = demo_run
+    fingerprint = json.loads((out / RUN_FILE).read_text())["fingerprint"]
+    assert (fingerprint["pair"], fingerprint["small"]["name"], fingerprint["large"]["name"]) == ("demo", "smollm2-135m", "gemma3-270m")
+    assert fingerprint["sampling"] == {"temperature": 0.0, "top_p": 0.95, "seed": 0}
+    assert (fingerprint["router"]["step_max_tokens"], fingerprint["router"]["thinking_budget"]) == (32, 64)
+    assert fingerprint["data"]["file"] == str(GSM8K.resolve())
+
+
+def test_sigint_midway_then_resume_gives_one_record_per_problem_and_mode(tmp_path, demo_config):
+    out = tmp_path / "out"
+    args = (str(_gsm8k()), "--limit", "2", "--modes", "small,large", *E2E_CAPS, "--config", demo_config, "--out", str(out))
+    proc = _glimp(*args)
+    results = out / RESULTS_FILE
+    deadline = time.monotonic() + 600
+    while not (results.exists() and results.read_text().count("\n") >= 1) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert f"interrupted: finished results stay in {results}, their summary in {out / SUMMARY_MD}; rerun with --resume to continue" in stderr
+    finished = _records(out)
+    assert 1 <= len(finished) < 4
+    summary = json.loads((out / SUMMARY_JSON).read_text())
+    assert summary["results"] == len(finished) and summary["planned"] == 4
+
+    # A crash mid-write leaves half a line: the resumed run drops it and reruns that result.
+    with results.open("a") as handle:
+        handle.write('{"id": 1, "mode": "lar')
+    proc = _glimp(*args, "--resume")
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert "dropped an incomplete last line" in stderr
+    records = _records(out)
+    assert sorted((r["id"], r["mode"]) for r in records) == [(0, "large"), (0, "small"), (1, "large"), (1, "small")]
+    assert records[: len(finished)] == finished
+    assert json.loads((out / SUMMARY_JSON).read_text())["finished"] == 4
