@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import llama_cpp  # first: numpy loaded before llama.cpp can break its OpenMP on some machines
+
 from glimp_cli.backend import backend_info, open_session
 from glimp_cli.config import PACKAGED_CONFIG, load_config
 from glimp_cli.events import Step, Summary
@@ -102,8 +104,10 @@ def call_costs(session, *, batch: int = 128, repeats: int = 5) -> dict:
         for _ in range(repeats):
             llm.n_tokens = 0
             llm.eval(tokens[: 64])  # some context, as in a real run
+            llama_cpp.llama_synchronize(llm.ctx)
             started = time.perf_counter()
             llm.eval(tokens[64 : 64 + n] if n > 1 else tokens[64:65])
+            llama_cpp.llama_synchronize(llm.ctx)  # decode is asynchronous on a GPU
             times.append(time.perf_counter() - started)
         return min(times)
 
@@ -125,8 +129,8 @@ def predicted_seconds(summary: Summary, costs: dict) -> float:
     return total
 
 
-def gsm8k_problems(n: int) -> list[str]:
-    with GSM8K.open(encoding="utf-8") as handle:
+def gsm8k_problems(path: Path, n: int) -> list[str]:
+    with path.open(encoding="utf-8") as handle:
         return [json.loads(line)["problem"] for _, line in zip(range(n), handle)]
 
 
@@ -199,17 +203,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=10, help="gsm8k problems for the headline figure")
     parser.add_argument("--tokens", type=int, default=256, help="tokens generated for the decode-loop figure")
+    parser.add_argument("--config", type=Path, default=PACKAGED_CONFIG, help="models.yaml with the pair to measure")
+    parser.add_argument("--pair", default="demo", help="pair name in the config")
+    parser.add_argument("--data", type=Path, default=GSM8K, help="gsm8k-style JSONL for the headline figure")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args()
 
-    config = load_config(PACKAGED_CONFIG)
-    pair = config.pair("demo")
+    config = load_config(args.config)
+    pair = config.pair(args.pair)
     small, large = open_session(config.model(pair.small)), open_session(config.model(pair.large))
     report = {"machine": machine()}
     report["decode"] = decode_overhead(pair, small, large, args.tokens)
     costs = {role: {**call_costs(session), "decode_s_per_token": report["decode"][role]["decode_s_per_token"]} for role, session in (("small", small), ("large", large))}
     report["costs"] = costs
-    report["headline"] = headline(pair, small, large, gsm8k_problems(args.problems), costs)
+    report["headline"] = headline(pair, small, large, gsm8k_problems(args.data, args.problems), costs)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# llama.cpp's shared libraries load before numpy's: in the other order, a numpy whose
+# bundled OpenMP runtime differs from llama.cpp's crashed model loading (seen on a CUDA machine).
+import llama_cpp  # isort: skip
+
 import codecs
 import ctypes
 import os
@@ -18,19 +22,12 @@ MAX_DEFAULT_THREADS = 8
 PIECE_BUFFER_BYTES = 256
 
 
-def _llama_cpp():
-    import llama_cpp  # deferred: importing loads the shared library
-
-    return llama_cpp
-
-
 def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_THREADS))
 
 
 def backend_info() -> dict[str, object]:
     """What this llama.cpp build can do (for `glimp models` and the benchmark)."""
-    llama_cpp = _llama_cpp()
     return {
         "llama_cpp_python": getattr(llama_cpp, "__version__", "?"),
         "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
@@ -44,7 +41,6 @@ _LOG_CALLBACK = None  # keep a reference: llama.cpp calls it from C
 def _silence_llama_logs() -> None:
     global _LOG_CALLBACK
     if _LOG_CALLBACK is None:
-        llama_cpp = _llama_cpp()
         _LOG_CALLBACK = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
@@ -85,11 +81,13 @@ class LlamaSession:
         self.spec = spec
         self.name = spec.name
         self._llm = llm
-        self._llama_cpp = _llama_cpp()
+        self._llama_cpp = llama_cpp
         self._vocab = llm._model.vocab
         self._n_ctx = llm.n_ctx()
         self._n_batch = llm.n_batch
         self._piece_buffer = ctypes.create_string_buffer(PIECE_BUFFER_BYTES)
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._eos: dict[int, bool] = {}
         self._tokens: list[int] = []  # prompt + transcript, evaluated or pending
         self._own_pending = 0  # pending tokens that this model sampled itself (not prefill)
         self._prompt_len = 0
@@ -219,14 +217,21 @@ class LlamaSession:
         return self._piece_bytes(token, special=special).decode("utf-8", errors="replace")
 
     def _piece_bytes(self, token: int, *, special: bool = False) -> bytes:
-        n = self._llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buffer, PIECE_BUFFER_BYTES, 0, special)
-        return self._piece_buffer.raw[: max(n, 0)]
+        key = (token, special)
+        piece = self._pieces.get(key)
+        if piece is None:  # memoized: this runs once per generated token
+            n = self._llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buffer, PIECE_BUFFER_BYTES, 0, special)
+            piece = self._pieces[key] = self._piece_buffer.raw[: max(n, 0)]
+        return piece
 
     def token_text(self, token: int) -> str:
         return self._piece(token)
 
     def is_eos(self, token: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        eos = self._eos.get(token)
+        if eos is None:
+            eos = self._eos[token] = bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return eos
 
     # -- generation -----------------------------------------------------------
 
