@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+from glimp_cli import backend  # noqa: F401  first: llama.cpp must load before numpy (see backend.py)
+
 import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from glimp_cli.config import Config, ModelSpec, PairSpec, find_config, load_config
+from glimp_cli.config import Config, ModelSpec, PairSpec, apply_calibration, calibration_path, find_config, load_config
 from glimp_cli.entropy import ENTROPY_MODES
-from glimp_cli.errors import ConfigError, GlimpError
+from glimp_cli.errors import ConfigError, GlimpError, RunError
 from glimp_cli.policy import MODES, make_policy
 from glimp_cli.session import DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
@@ -58,9 +60,7 @@ def _model_arg(config: Config, value: str) -> ModelSpec:
 
 
 def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
-    from glimp_cli.backend import open_session  # deferred: loads llama.cpp
-
-    return open_session(small_spec), open_session(large_spec)
+    return backend.open_session(small_spec), backend.open_session(large_spec)
 
 
 @app.command()
@@ -86,7 +86,7 @@ def ask(
     from glimp_cli.render import LiveRenderer, write_json_lines
     from glimp_cli.router import route, settings_from_pair
 
-    cfg = load_config(find_config(config))
+    cfg = apply_calibration(load_config(find_config(config)))  # a saved `glimp calibrate` threshold; --threshold still wins
     pair_spec, small_spec, large_spec = resolve_pair(cfg, pair=pair, small=small, large=large)
     policy = make_policy(mode, rate=parse_number(rate, option="--rate"))
     overrides = {
@@ -181,7 +181,7 @@ def bench(
     from glimp_cli.router import settings_from_pair
     from glimp_cli.store import open_store
 
-    cfg = load_config(find_config(config))
+    cfg = apply_calibration(load_config(find_config(config)))  # a saved `glimp calibrate` threshold; --threshold still wins
     pair_spec, small_spec, large_spec = resolve_pair(cfg, pair=pair, small=small, large=large)
     overrides = {"entropy": entropy, "step_max_tokens": max_step_tokens, "thinking_budget": thinking_budget, "answer_by": answer_by}
     pair_spec = validate_pair_overrides(pair_spec, {k: v for k, v in overrides.items() if v is not None})
@@ -200,6 +200,72 @@ def bench(
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
         Console(highlight=False).print(benchmark.summary_table(summary))
+
+
+@app.command()
+def calibrate(
+    data: Annotated[Path, typer.Argument(help="JSONL file, one problem per line (a development set, not your test set).")],
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Run at most this many problems.")] = None,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems first.")] = 0,
+    target_rate: Annotated[str, typer.Option("--target-rate", help="Share of steps to send to the large model, between 0 and 1 (the paper recommends 0.2-0.3).")] = "0.25",
+    sweep: Annotated[bool, typer.Option("--sweep", help="Also run the routed pipeline at each candidate threshold, with large and small as references.")] = False,
+    thresholds: Annotated[Optional[str], typer.Option("--thresholds", help="Sweep candidates in nats, e.g. 0.5,1,1.5.")] = None,
+    rates: Annotated[Optional[str], typer.Option("--rates", help="Sweep candidates as large-step shares, e.g. 0.1,0.2,0.3: thresholds from the probe's entropies.")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="Sweep choice: accuracy (most accurate within --max-latency) or latency (fastest within --margin of large's accuracy).")] = "accuracy",
+    max_latency: Annotated[str, typer.Option("--max-latency", help="For --objective accuracy: latency budget as a multiple of the large model's.")] = "0.8",
+    margin: Annotated[str, typer.Option("--margin", help="For --objective latency: accuracy (0-1) below the large model's that is accepted.")] = "0",
+    save: Annotated[bool, typer.Option("--save", help="Record the threshold in glimp-calibration.yaml for `glimp ask` and `glimp bench` (models.yaml is not changed).")] = False,
+    problem_key: Annotated[Optional[str], typer.Option("--problem-key", help="Record key of the problem text (default: problem, question or prompt).")] = None,
+    answer_key: Annotated[Optional[str], typer.Option("--answer-key", help="Record key of the reference answer (default: answer, gold or solution).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: runs/calibrate-<data file name>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a run in --out, reusing results already there.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Delete the results and summaries in --out and start over.")] = False,
+    pair: PairOpt = None,
+    small: SmallOpt = None,
+    large: LargeOpt = None,
+    entropy: Annotated[Optional[str], typer.Option("--entropy", help="Entropy mode the threshold is for: full or topk (both are measured).")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")] = DEFAULT_TEMPERATURE,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = DEFAULT_TOP_P,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: each problem's seed derives from it and the problem id.")] = DEFAULT_SEED,
+    max_step_tokens: Annotated[Optional[int], typer.Option("--max-step-tokens", help="Cap on one step's tokens.")] = None,
+    thinking_budget: Annotated[Optional[int], typer.Option("--thinking-budget", help="Cap on all thinking tokens.")] = None,
+    answer_by: Annotated[Optional[str], typer.Option("--answer-by", help="Who writes the swept runs' final answer: large, small or last.")] = None,
+    config: ConfigOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Choose the entropy threshold from data: the small model's step entropies, and with --sweep routed runs."""
+    from glimp_cli import calibrate as calibration
+    from glimp_cli.bench import BenchDisplay
+    from glimp_cli.router import settings_from_pair
+    from glimp_cli.store import open_store
+
+    cfg = load_config(find_config(config))
+    pair_spec, small_spec, large_spec = resolve_pair(cfg, pair=pair, small=small, large=large)
+    overrides = {"entropy": entropy, "step_max_tokens": max_step_tokens, "thinking_budget": thinking_budget, "answer_by": answer_by}
+    pair_spec = validate_pair_overrides(pair_spec, {k: v for k, v in overrides.items() if v is not None})
+    settings = settings_from_pair(pair_spec, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed))
+    plan = calibration.make_plan(
+        data, settings=settings, target_rate=target_rate, sweep=sweep, thresholds=thresholds, rates=rates,
+        objective=objective, max_latency=max_latency, margin=margin,
+        problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit,
+    )
+    out = out if out is not None else Path("runs") / f"calibrate-{data.stem}"
+    fingerprint = calibration.fingerprint(plan, pair=pair_spec, small=small_spec, large=large_spec)
+    err = Console(stderr=True, highlight=False)
+    with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store:
+        BenchDisplay(err, out=out).notes(store.notes)
+        small_session, large_session = open_pair(small_spec, large_spec)
+        report = calibration.run_calibration(
+            plan, small=small_session, large=large_session, store=store, display=lambda: BenchDisplay(err, out=out)
+        )
+    if save and report["threshold"] is not None:
+        report["saved"] = str(calibration.save_calibration(report, calibration_path(cfg.path)))
+    if json_output:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        calibration.print_report(Console(highlight=False), report)
+    if save and report["saved"] is None:
+        raise RunError(f"nothing saved: {report['sweep']['reason']}; relax --max-latency or --margin, or try other thresholds")
 
 
 @app.command()

@@ -15,6 +15,7 @@ from glimp_cli.errors import ConfigError, did_you_mean
 
 CONFIG_FILENAME = "models.yaml"
 PACKAGED_CONFIG = Path(__file__).with_name(CONFIG_FILENAME)
+CALIBRATION_FILENAME = "glimp-calibration.yaml"
 DEFAULT_N_CTX = 4096
 DEFAULT_STEP_MAX_TOKENS = 512
 DEFAULT_THINKING_BUDGET = 8192
@@ -221,3 +222,41 @@ def _build_pair(name: str, body: Any, where, models: dict[str, ModelSpec]) -> Pa
     if values.get("delimiter") == "":
         raise ConfigError(f"{where('pairs', name, 'delimiter')}: delimiter must not be empty")
     return PairSpec(name=name, **values)
+
+
+def calibration_path(config_path: str | os.PathLike[str]) -> Path:
+    """Where `glimp calibrate --save` keeps thresholds for a models.yaml: beside it, or for the
+    packaged one in $XDG_CONFIG_HOME/glimp (default ~/.config/glimp)."""
+    config_path = Path(config_path)
+    if config_path.resolve() == PACKAGED_CONFIG.resolve():
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        return base / "glimp" / CALIBRATION_FILENAME
+    return config_path.with_name(CALIBRATION_FILENAME)
+
+
+def apply_calibration(config: Config, path: str | os.PathLike[str] | None = None) -> Config:
+    """The config with each pair's threshold and entropy mode replaced by its saved calibration.
+
+    A calibration applies only while the pair still has the small and large models it was measured
+    with; without a calibration file (default: calibration_path(config.path)) the config is unchanged.
+    """
+    path = Path(path) if path is not None else calibration_path(config.path)
+    if not path.is_file():
+        return config
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: unreadable calibration file ({str(exc).splitlines()[0]}): fix or delete it") from None
+    entries = raw.get("pairs") if isinstance(raw, dict) else None
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{path}: expected a mapping 'pairs:' of calibrated pairs: fix or delete the file")
+    pairs = dict(config.pairs)
+    for name, entry in entries.items():
+        pair = pairs.get(str(name))
+        if pair is None or not isinstance(entry, dict) or (entry.get("small"), entry.get("large")) != (pair.small, pair.large):
+            continue  # another config's pair, or measured on other models: stale
+        threshold, entropy = entry.get("threshold"), entry.get("entropy")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or entropy not in ENTROPY_MODES:
+            raise ConfigError(f"{path}: pair '{name}' needs a numeric 'threshold' and 'entropy' one of {', '.join(ENTROPY_MODES)}: fix or delete the entry")
+        pairs[pair.name] = dataclasses.replace(pair, threshold=float(threshold), entropy=entropy)
+    return dataclasses.replace(config, pairs=pairs)

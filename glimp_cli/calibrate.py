@@ -1,0 +1,689 @@
+"""glimp calibrate: choose the entropy threshold from data.
+
+The probe pass runs the small model alone through the problems (bench's `small` condition) and
+records the initial-token entropy of every step in both entropy modes; the threshold for a target
+share of large-model steps is a quantile of those entropies. The sweep pass runs the routed
+pipeline at candidate thresholds, with `small` and `large` as references, through bench's result
+store, and picks a threshold by an objective. `--save` writes glimp-calibration.yaml, never
+models.yaml. The core never prints; the Rich display is the last section of this file.
+
+The quantile rule: with n entropies and a rate r, k = round(r * n), halves rounded up. The
+threshold leaves exactly k entropies strictly above it (entropy <= threshold -> small). Ties at
+the boundary can make k impossible; then the threshold gives the achievable count closest to k,
+the smaller count when two are equally close, and the report says the count is not exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from glimp_cli.bench import BenchPlan, BenchProgress, Condition, ProgressCallback, parse_number, run_bench, solve, summarize
+from glimp_cli.bench import fingerprint as bench_fingerprint
+from glimp_cli.bench import make_plan as make_bench_plan
+from glimp_cli.config import ModelSpec, PairSpec
+from glimp_cli.entropy import ENTROPY_MODES, full_entropy, topk_entropy
+from glimp_cli.errors import ConfigError, DataError, RunError, did_you_mean
+from glimp_cli.router import RouterSettings
+from glimp_cli.session import Sampling, Session
+from glimp_cli.store import ResultStore
+
+DEFAULT_TARGET_RATE = 0.25  # the paper recommends 20-30% of steps on the large model
+DEFAULT_MAX_LATENCY = 0.8  # × the large model's mean latency, for --objective accuracy
+DEFAULT_MARGIN = 0.0  # accuracy (0-1) below large's that --objective latency accepts
+OBJECTIVES = ("accuracy", "latency")
+MIN_STEPS = 10  # fewer steps than this give no quantile worth saving
+OPEN_GAP = 1.0  # nats above the largest entropy: where a threshold that sends no step sits
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+HISTOGRAM_WIDTHS = (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0)  # nats per bin; the first giving few enough bins
+MAX_HISTOGRAM_BINS = 16
+PROBE_KEY = "probe_entropies"  # the probe's extra field in a `small` record: {"full": [...], "topk": [...]}
+CALIBRATION_HEADER = (
+    "# glimp calibration: entropy thresholds chosen by `glimp calibrate --save`, by pair.\n"
+    "# `glimp ask` and `glimp bench` use them when no --threshold is given; models.yaml is not changed.\n"
+    "# An entry applies while the pair has the same small and large models; delete it to go back.\n"
+)
+
+
+# -- the quantile ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateThreshold:
+    """The threshold that sends a share of the collected steps to the large model."""
+
+    threshold: float  # nats: entropy <= threshold -> small
+    rate: float  # the share asked for
+    steps: int  # entropies collected
+    target_steps: int  # round(rate * steps), halves up
+    large_steps: int  # entropies strictly above the threshold
+
+    @property
+    def share(self) -> float:
+        return self.large_steps / self.steps
+
+    @property
+    def exact(self) -> bool:
+        return self.large_steps == self.target_steps
+
+    def record(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "share": self.share, "exact": self.exact}
+
+
+def threshold_for_rate(entropies: Sequence[float], rate: float) -> RateThreshold:
+    """The threshold (nats, >= 0) above which round(rate * n) of these entropies lie; with ties at
+    the boundary, the closest achievable count (the smaller one when two are equally close)."""
+    if not entropies:
+        raise ValueError("no entropies")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate {rate} is outside [0, 1]")
+    n = len(entropies)
+    target = math.floor(round(rate * n, 9) + 0.5)
+    # Every achievable split: (steps above, low, high) for thresholds in [low, high).
+    splits = []
+    above, high = 0, math.inf
+    for value, count in sorted(Counter(entropies).items(), reverse=True):
+        splits.append((above, value, high))
+        above += count
+        high = value
+    if high > 0.0:  # every step above: needs a threshold below the smallest entropy, and thresholds are >= 0
+        splits.append((n, 0.0, high))
+    large_steps, low, high = min(splits, key=lambda split: (abs(split[0] - target), split[0]))
+    threshold = short_number_between(low, high if math.isfinite(high) else low + OPEN_GAP)
+    return RateThreshold(threshold=threshold, rate=rate, steps=n, target_steps=target, large_steps=large_steps)
+
+
+def short_number_between(low: float, high: float) -> float:
+    """The number with fewest decimals in the middle half of [low, high): a readable threshold with
+    room on both sides (results.jsonl rounds entropies to 6 decimals)."""
+    middle, margin = (low + high) / 2, (high - low) / 4
+    for digits in range(16):
+        candidate = round(middle, digits)
+        if low + margin <= candidate <= high - margin:
+            return candidate + 0.0  # no -0.0
+    return middle
+
+
+def large_steps_at(entropies: Iterable[float], threshold: float) -> int:
+    """Steps the glimp policy sends to the large model at this threshold."""
+    return sum(1 for e in entropies if e > threshold)
+
+
+def steps_needed(rate: float) -> int:
+    """Entropies a quantile at this rate needs: MIN_STEPS, and enough for one step on each side."""
+    return max(MIN_STEPS, math.ceil(round(1 / min(rate, 1 - rate), 9)))
+
+
+def check_enough_steps(steps: int, rates: Iterable[float], *, problems: int) -> None:
+    """A DataError saying how many steps were collected when a quantile needs more."""
+    rates = list(rates)
+    needed = max(steps_needed(rate) for rate in rates)
+    if steps < needed:
+        shown = ", ".join(f"{rate:g}" for rate in rates)
+        raise DataError(
+            f"only {steps} steps collected from {problems} problem{'s' if problems != 1 else ''}: a threshold for a large-step share of {shown} "
+            f"needs at least {needed}; raise --limit (with --resume the problems already run are kept)"
+        )
+
+
+# -- options -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    bench: BenchPlan  # the problems and router settings; its one mode is `small`, the probe
+    target_rate: float
+    sweep: bool = False
+    thresholds: tuple[float, ...] = ()  # nats, from --thresholds
+    rates: tuple[float, ...] = ()  # from --rates: each becomes the probe quantile's threshold
+    objective: str = "accuracy"
+    max_latency: float = DEFAULT_MAX_LATENCY
+    margin: float = DEFAULT_MARGIN
+
+    @property
+    def settings(self) -> RouterSettings:
+        return self.bench.settings
+
+
+def parse_rate(text: str, *, option: str) -> float:
+    """A share strictly between 0 and 1, or a ConfigError naming the option."""
+    value = parse_number(text, option=option)
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"{option} must be between 0 and 1 (exclusive), got '{text.strip()}'")
+    return value
+
+
+def parse_list(text: str, *, option: str, parse: Callable[..., float]) -> tuple[float, ...]:
+    """'0.1, 0.2,,0.1' -> (0.1, 0.2): comma-separated values, empty parts and repeats dropped."""
+    values: list[float] = []
+    for part in (p for p in text.split(",") if p.strip()):
+        value = parse(part, option=option)
+        if value not in values:
+            values.append(value)
+    return tuple(values)
+
+
+def make_plan(
+    data: Path,
+    *,
+    settings: RouterSettings,
+    target_rate: str = str(DEFAULT_TARGET_RATE),
+    sweep: bool = False,
+    thresholds: str | None = None,
+    rates: str | None = None,
+    objective: str = "accuracy",
+    max_latency: str = str(DEFAULT_MAX_LATENCY),
+    margin: str = str(DEFAULT_MARGIN),
+    problem_key: str | None = None,
+    answer_key: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+) -> CalibrationPlan:
+    """Check the options and read the data file (before any model loads)."""
+    target = parse_rate(target_rate, option="--target-rate")
+    threshold_values = parse_list(thresholds, option="--thresholds", parse=parse_number) if thresholds is not None else ()
+    rate_values = parse_list(rates, option="--rates", parse=parse_rate) if rates is not None else ()
+    if not sweep and (thresholds is not None or rates is not None):
+        raise ConfigError("--thresholds and --rates give the candidates of a sweep: add --sweep")
+    if sweep and not (threshold_values or rate_values):
+        raise ConfigError("--sweep has no thresholds to try: pass --thresholds (nats, e.g. 0.5,1,1.5) or --rates (large-step shares, e.g. 0.1,0.2,0.3)")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'{did_you_mean(objective, OBJECTIVES)}")
+    max_latency_value = parse_number(max_latency, option="--max-latency")
+    if max_latency_value <= 0:
+        raise ConfigError(f"--max-latency must be above 0 (a multiple of the large model's latency), got '{max_latency}'")
+    margin_value = parse_number(margin, option="--margin")
+    if margin_value > 1:
+        raise ConfigError(f"--margin is an accuracy difference between 0 and 1, got '{margin}'")
+    plan = make_bench_plan(data, settings=settings, modes="small", problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit)
+    return CalibrationPlan(
+        bench=plan,
+        target_rate=target,
+        sweep=sweep,
+        thresholds=threshold_values,
+        rates=rate_values,
+        objective=objective,
+        max_latency=max_latency_value,
+        margin=margin_value,
+    )
+
+
+def fingerprint(plan: CalibrationPlan, *, pair: PairSpec, small: ModelSpec, large: ModelSpec) -> dict[str, Any]:
+    """bench's fingerprint, marked as calibrate's: its `small` records carry both entropy modes,
+    so the two commands do not share an output directory."""
+    return {"command": "calibrate", **bench_fingerprint(plan.bench, pair=pair, small=small, large=large)}
+
+
+# -- the probe pass ------------------------------------------------------------------
+
+
+class ProbeCondition(Condition):
+    """bench's `small` condition (same result key), shown as the probe."""
+
+    @property
+    def label(self) -> str:
+        return "probe"
+
+
+PROBE = ProbeCondition("small")
+
+
+class EntropyRecorder:
+    """A Session proxy that records the full and top-k entropy of every logits array it returns.
+
+    The router's Probe event carries only the configured mode's entropy; wrapping the small
+    session gets both modes from the same pass without touching the router. The router reads
+    logits only to probe, once per step, so the first len(steps) recordings of a problem are its
+    steps' probes (a probe cut off by the context, or an empty last step, can only come after).
+    Everything else is passed to the wrapped session.
+    """
+
+    def __init__(self, session: Session, *, top_k: int) -> None:
+        self._session = session
+        self.top_k = top_k
+        self.full: list[float] = []  # nats, one per next_token_logits() since start()
+        self.topk: list[float] = []
+
+    def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
+        self.full, self.topk = [], []
+        self._session.start(problem, sampling=sampling, reserve=reserve)
+
+    def next_token_logits(self) -> np.ndarray:
+        logits = self._session.next_token_logits()
+        self.full.append(full_entropy(logits))
+        self.topk.append(topk_entropy(logits, k=self.top_k))
+        return logits
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def step_entropies(self, record: dict[str, Any], *, mode: str) -> dict[str, list[float]]:
+        """Both modes' entropies of a finished bench record's steps, checked against the router's."""
+        steps = record["steps"]
+        recorded = {"full": self.full[:steps], "topk": self.topk[:steps]}
+        if len(recorded[mode]) != steps or [round(e, 6) + 0.0 for e in recorded[mode]] != record["entropies"]:
+            raise RunError(f"problem {record['id']!r}: the recorded probes do not line up with the router's {steps} steps")
+        return recorded
+
+
+def run_probe(
+    plan: BenchPlan, *, small: Session, large: Session, store: ResultStore, on_progress: ProgressCallback | None = None
+) -> list[dict[str, Any]]:
+    """The small model alone through every problem, its `small` records (with PROBE_KEY) in problem
+    order; records already in the store are reused."""
+    recorder = EntropyRecorder(small, top_k=plan.settings.top_k)
+    records: list[dict[str, Any]] = []
+    correct = 0
+
+    def notify(status: str, position: int, record: dict[str, Any] | None) -> None:
+        if on_progress is not None:
+            done = len(records)
+            on_progress(BenchProgress(status, done, len(plan.problems), PROBE, position, len(plan.problems), done, correct, record))
+
+    for position, problem in enumerate(plan.problems, start=1):
+        record = store.get(PROBE.key(problem.id))
+        status = "skipped" if record is not None else "finished"
+        if record is None:
+            notify("running", position, None)
+            record = solve(problem, PROBE, small=recorder, large=large, settings=plan.settings)
+            record[PROBE_KEY] = recorder.step_entropies(record, mode=plan.settings.entropy_mode)
+            store.append(record)
+        elif PROBE_KEY not in record:
+            raise DataError(f"{store.results_path}: the small result of problem {problem.id!r} has no probe entropies: pass --force to start over")
+        records.append(record)
+        correct += bool(record["correct"])
+        notify(status, position, record if status == "finished" else None)
+    return records
+
+
+def probe_entropies(records: Iterable[dict[str, Any]], mode: str) -> list[float]:
+    """Every step's initial-token entropy (nats) in one mode, pooled over problems in order."""
+    return [e for record in records for e in record[PROBE_KEY][mode]]
+
+
+def distribution(entropies: Sequence[float]) -> dict[str, float]:
+    """min, the QUANTILES (linear interpolation), max and mean, in nats."""
+    values = np.asarray(entropies, dtype=np.float64)
+    summary = {"min": float(values.min())}
+    summary.update({f"p{round(q * 100)}": float(np.quantile(values, q)) for q in QUANTILES})
+    summary.update({"max": float(values.max()), "mean": float(values.mean())})
+    return {key: round(value, 6) + 0.0 for key, value in summary.items()}
+
+
+def histogram(entropies: Sequence[float], *, threshold: float | None = None) -> list[dict[str, Any]]:
+    """Equal-width bins from 0 nats (of a round width); each counts its steps and those above the threshold."""
+    top = max(entropies)
+    width = next((w for w in HISTOGRAM_WIDTHS if top / w < MAX_HISTOGRAM_BINS), HISTOGRAM_WIDTHS[-1])
+    bins = [{"low": round(i * width, 6), "high": round((i + 1) * width, 6), "steps": 0, "large_steps": 0} for i in range(int(top // width) + 1)]
+    for entropy in entropies:
+        row = bins[min(int(entropy // width), len(bins) - 1)]
+        row["steps"] += 1
+        row["large_steps"] += threshold is not None and entropy > threshold
+    return bins
+
+
+def probe_report(plan: CalibrationPlan, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Both modes' entropy distributions and the threshold for the target rate in each. Without
+    enough steps this is a DataError, except in a sweep, whose report then has no such threshold."""
+    steps = sum(len(record[PROBE_KEY]["full"]) for record in records)
+    if not plan.sweep:
+        check_enough_steps(steps, [plan.target_rate], problems=len(records))
+    quantile = steps >= steps_needed(plan.target_rate)
+    modes = {}
+    for mode in ENTROPY_MODES:
+        entropies = probe_entropies(records, mode)
+        at_rate = threshold_for_rate(entropies, plan.target_rate) if quantile else None
+        modes[mode] = {
+            "distribution": distribution(entropies) if entropies else None,
+            "threshold": at_rate.record() if at_rate else None,
+            "histogram": histogram(entropies, threshold=at_rate.threshold if at_rate else None) if entropies else [],
+        }
+    return {"problems": len(records), "steps": steps, "target_rate": plan.target_rate, "modes": modes}
+
+
+# -- the sweep pass -------------------------------------------------------------------
+
+
+def sweep_candidates(plan: CalibrationPlan, records: list[dict[str, Any]]) -> dict[float, float | None]:
+    """Thresholds to try (nats, ascending) -> the rate each was derived from (None: from --thresholds)."""
+    entropies = probe_entropies(records, plan.settings.entropy_mode)
+    if plan.rates:
+        check_enough_steps(len(entropies), plan.rates, problems=len(records))
+    candidates: dict[float, float | None] = {threshold: None for threshold in plan.thresholds}
+    for rate in plan.rates:
+        candidates.setdefault(threshold_for_rate(entropies, rate).threshold, rate)
+    return dict(sorted(candidates.items()))
+
+
+def run_sweep(
+    plan: CalibrationPlan,
+    candidates: dict[float, float | None],
+    *,
+    small: Session,
+    large: Session,
+    store: ResultStore,
+    on_progress: ProgressCallback | None = None,
+) -> list[dict[str, Any]]:
+    """glimp at every candidate and the `large` reference through bench (the probe's records are
+    the `small` reference); one summary row per condition, on this plan's problems only."""
+    sweep_plan = dataclasses.replace(plan.bench, modes=("small", "glimp", "large"), thresholds=tuple(candidates))
+    run_bench(sweep_plan, small=small, large=large, store=store, on_progress=on_progress)
+    keys = [condition.key(problem.id) for condition in sweep_plan.fixed_conditions() for problem in sweep_plan.problems]
+    summary = summarize([record for record in map(store.get, keys) if record is not None], run=store.fingerprint)
+    entropies = probe_entropies((store.get(PROBE.key(p.id)) for p in sweep_plan.problems), plan.settings.entropy_mode)
+    rows = [_sweep_row(condition, candidates, entropies) for condition in summary["conditions"]]
+    for row, optimal in zip(rows, pareto_flags(rows)):
+        row["pareto"] = optimal
+    return rows
+
+
+def _sweep_row(condition: dict[str, Any], candidates: dict[float, float | None], entropies: list[float]) -> dict[str, Any]:
+    threshold = condition["threshold"]
+    glimp = condition["mode"] == "glimp"
+    return {
+        "label": condition["label"],
+        "mode": condition["mode"],
+        "threshold": threshold,
+        "target_rate": candidates.get(threshold) if glimp else None,
+        # the share the probe's entropies predict; the routed run's own share is large_step_share
+        "probe_share": large_steps_at(entropies, threshold) / len(entropies) if glimp and entropies else None,
+        **{key: condition[key] for key in ("n", "correct", "accuracy", "accuracy_se", "latency_mean_s", "latency_vs_large", "large_step_share")},
+        "pareto": False,
+        "chosen": False,
+    }
+
+
+def pareto_flags(rows: Sequence[dict[str, Any]]) -> list[bool]:
+    """For each row: whether no other row is at least as accurate and at least as fast (mean
+    latency) and better in one of the two."""
+
+    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        no_worse = a["accuracy"] >= b["accuracy"] and a["latency_mean_s"] <= b["latency_mean_s"]
+        return no_worse and (a["accuracy"] > b["accuracy"] or a["latency_mean_s"] < b["latency_mean_s"])
+
+    return [not any(dominates(other, row) for other in rows if other is not row) for row in rows]
+
+
+def choose(rows: Sequence[dict[str, Any]], *, objective: str, max_latency: float, margin: float) -> tuple[dict[str, Any] | None, str, str]:
+    """The glimp row the objective picks (None if none qualifies), the rule in words, and the outcome.
+
+    accuracy: the most accurate within max_latency x large's mean latency (then the fastest).
+    latency: the fastest with accuracy >= large's minus margin (then the most accurate).
+    """
+    glimp = [row for row in rows if row["mode"] == "glimp"]
+    large = next(row for row in rows if row["mode"] == "large")
+    if objective == "accuracy":
+        rule = f"most accurate at latency <= {max_latency:g}x large"
+        eligible = [row for row in glimp if row["latency_vs_large"] is not None and row["latency_vs_large"] <= max_latency]
+        key = lambda row: (-row["accuracy"], row["latency_mean_s"])  # noqa: E731
+        fastest = min(glimp, key=lambda row: row["latency_mean_s"])
+        miss = f"the fastest, {fastest['label']}, takes {fastest['latency_vs_large'] or math.nan:.2f}x large"
+    else:
+        floor = large["accuracy"] - margin
+        rule = f"fastest at accuracy >= {max(floor, 0.0):.1%}" + (f" (large's {large['accuracy']:.1%} - {margin:.1%})" if margin else " (large's)")
+        eligible = [row for row in glimp if row["accuracy"] >= floor - 1e-9]
+        key = lambda row: (row["latency_mean_s"], -row["accuracy"])  # noqa: E731
+        best = max(glimp, key=lambda row: row["accuracy"])
+        miss = f"the most accurate, {best['label']}, reaches {best['accuracy']:.1%}"
+    if not eligible:
+        return None, rule, f"{rule}: no threshold qualifies ({miss})"
+    chosen = min(eligible, key=key)
+    return chosen, rule, f"{rule}: {chosen['label']}"
+
+
+def sweep_report(plan: CalibrationPlan, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    chosen, rule, reason = choose(rows, objective=plan.objective, max_latency=plan.max_latency, margin=plan.margin)
+    if chosen is not None:
+        chosen["chosen"] = True
+    return {"objective": plan.objective, "max_latency": plan.max_latency, "margin": plan.margin, "rule": rule, "reason": reason, "rows": rows}
+
+
+# -- both passes ------------------------------------------------------------------------
+
+
+def run_calibration(
+    plan: CalibrationPlan,
+    *,
+    small: Session,
+    large: Session,
+    store: ResultStore,
+    display: Callable[[], AbstractContextManager[ProgressCallback | None]] = nullcontext,
+) -> dict[str, Any]:
+    """The probe pass, then the sweep if asked; the report that --json prints.
+
+    Args:
+        display: a fresh progress context for each pass; it yields the on_progress callback.
+    """
+    with display() as on_progress:
+        records = run_probe(plan.bench, small=small, large=large, store=store, on_progress=on_progress)
+    run = store.fingerprint
+    report: dict[str, Any] = {
+        "pair": run.get("pair"),
+        "small": run.get("small", {}).get("name"),
+        "large": run.get("large", {}).get("name"),
+        "data": str(plan.bench.data.resolve()),
+        "out": str(store.directory),
+        "entropy_mode": plan.settings.entropy_mode,
+        "probe": probe_report(plan, records),
+        "sweep": None,
+    }
+    if plan.sweep:
+        candidates = sweep_candidates(plan, records)
+        with display() as on_progress:
+            rows = run_sweep(plan, candidates, small=small, large=large, store=store, on_progress=_without_probe_skips(on_progress))
+        report["sweep"] = sweep_report(plan, rows)
+    report.update(_chosen(report))
+    report["saved"] = None
+    return report
+
+
+def _without_probe_skips(on_progress: ProgressCallback | None) -> ProgressCallback | None:
+    """The sweep's `small` reference is the probe pass, which has reported those results already."""
+    if on_progress is None:
+        return None
+    return lambda progress: None if progress.status == "skipped" and progress.condition.mode == "small" else on_progress(progress)
+
+
+def _chosen(report: dict[str, Any]) -> dict[str, Any]:
+    """The threshold the report recommends, how it was chosen and the large-step share it gave."""
+    if report["sweep"] is not None:
+        row = next((r for r in report["sweep"]["rows"] if r["chosen"]), None)
+        return {
+            "method": "sweep",
+            "threshold": row["threshold"] if row else None,
+            "target_rate": row["target_rate"] if row else None,
+            "large_share": row["large_step_share"] if row else None,
+        }
+    at_rate = report["probe"]["modes"][report["entropy_mode"]]["threshold"]
+    return {"method": "probe", "threshold": at_rate["threshold"], "target_rate": at_rate["rate"], "large_share": at_rate["share"]}
+
+
+# -- saving ---------------------------------------------------------------------------
+
+
+def save_calibration(report: dict[str, Any], path: Path) -> Path:
+    """Record the report's threshold for its pair in a calibration file; other pairs' entries stay."""
+    entries = _read_calibrations(path)
+    entry = {
+        "threshold": report["threshold"],
+        "entropy": report["entropy_mode"],
+        "small": report["small"],
+        "large": report["large"],
+        "data": report["data"],
+        "problems": report["probe"]["problems"],
+        "steps": report["probe"]["steps"],
+        "method": report["method"],
+        "target_rate": report["target_rate"],
+        "large_share": round(report["large_share"], 6),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if report["sweep"] is not None:
+        entry["objective"] = report["sweep"]["rule"]
+    entries[report["pair"]] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(CALIBRATION_HEADER + yaml.safe_dump({"pairs": entries}, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(tmp, path)  # whole file or nothing
+    return path.absolute()
+
+
+def _read_calibrations(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: unreadable calibration file ({str(exc).splitlines()[0]}): fix or delete it") from None
+    entries = raw.get("pairs", {}) if isinstance(raw, dict) else None
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{path}: expected a mapping 'pairs:' of calibrated pairs: fix or delete the file")
+    return entries
+
+
+# -- rendering (the only Rich code in this module) ----------------------------------
+
+BAR_WIDTH = 40
+BAR_CHARS = {"small": "█", "large": "▓"}  # distinct without colour too
+
+
+def print_report(console, report: dict[str, Any]) -> None:
+    """Histograms, quantiles and thresholds of the probe; the sweep table; the choice."""
+    probe = report["probe"]
+    console.print(
+        f"probe: {probe['steps']} steps from {probe['problems']} problems, small model {report['small']} · "
+        f"initial-token entropy in nats · pair {report['pair']}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    for mode in ENTROPY_MODES:
+        if probe["modes"][mode]["histogram"]:
+            console.print(histogram_view(probe, mode, configured=mode == report["entropy_mode"]))
+    if probe["steps"]:
+        console.print(quantile_table(report))
+    if report["sweep"] is not None:
+        console.print(sweep_table(report))
+    console.print(choice_line(report), markup=False, highlight=False, soft_wrap=True)
+
+
+def histogram_view(probe: dict[str, Any], mode: str, *, configured: bool):
+    from rich.text import Text
+
+    from glimp_cli.render import MODEL_STYLES
+
+    body = probe["modes"][mode]
+    at_rate = body["threshold"]
+    threshold = at_rate["threshold"] if at_rate else None
+    text = Text().append(f"\n{mode} entropy" + (" (the pair's)" if configured else ""), style="bold")
+    if at_rate:
+        text.append(f" · threshold {threshold:g} for {at_rate['rate']:.0%} of steps on the large model", style="dim")
+    tallest = max(row["steps"] for row in body["histogram"])
+    marked = threshold is None
+    for row in body["histogram"]:
+        length = max(1, round(BAR_WIDTH * row["steps"] / tallest)) if row["steps"] else 0
+        large = round(length * row["large_steps"] / row["steps"]) if row["steps"] else 0
+        text.append(f"\n{row['low']:5.2f}-{row['high']:<5.2f} ")
+        text.append(BAR_CHARS["small"] * (length - large), style=MODEL_STYLES["small"])
+        text.append(BAR_CHARS["large"] * large, style=MODEL_STYLES["large"])
+        text.append(f"{' ' * (BAR_WIDTH - length)} {row['steps']}")
+        if not marked and row["low"] <= threshold < row["high"]:
+            text.append(f"\n{'':11} ┄┄ {threshold:g} nats: small at or below ({BAR_CHARS['small']}), large above ({BAR_CHARS['large']})", style="dim")
+            marked = True
+    if not marked:
+        text.append(f"\n{'':11} ┄┄ {threshold:g} nats: every step at or below goes to the small model", style="dim")
+    return text
+
+
+def quantile_table(report: dict[str, Any]):
+    from rich import box
+    from rich.table import Table
+
+    probe = report["probe"]
+    table = Table(title="initial-token entropy (nats)", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, caption_justify="left")
+    names = list(next(iter(probe["modes"].values()))["distribution"])
+    for column in ("mode", *names, "threshold", "above", "share"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode, body in probe["modes"].items():
+        at_rate = body["threshold"]
+        numbers = [f"{body['distribution'][name]:.2f}" for name in names]
+        if at_rate:
+            above = f"{at_rate['large_steps']}/{at_rate['steps']}" + ("" if at_rate["exact"] else "*")
+            table.add_row(mode, *numbers, f"{at_rate['threshold']:g}", above, f"{at_rate['share']:.1%}")
+        else:
+            table.add_row(mode, *numbers, "-", "-", "-")
+    at_rate = probe["modes"][report["entropy_mode"]]["threshold"]
+    if at_rate:
+        table.caption = f"threshold: round({at_rate['rate']:g} × {at_rate['steps']}) = {at_rate['target_steps']} steps strictly above it (halves round up)"
+        if not all(body["threshold"]["exact"] for body in probe["modes"].values()):
+            table.caption += "; * ties at the boundary: the closest achievable count"
+    return table
+
+
+SWEEP_COLUMNS = ("condition", "rate", "n", "acc", "± se", "mean s", "vs large", "large steps", "probe share", "")
+
+
+def sweep_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The sweep table as strings: ★ marks the Pareto-optimal rows, ◀ the chosen threshold."""
+    rows = []
+    for row in report["sweep"]["rows"]:
+        rows.append((
+            row["label"],
+            f"{row['target_rate']:.0%}" if row["target_rate"] is not None else "-",
+            str(row["n"]),
+            f"{row['accuracy']:.1%}",
+            f"{row['accuracy_se']:.1%}",
+            f"{row['latency_mean_s']:.2f}",
+            f"{row['latency_vs_large']:.2f}×" if row["latency_vs_large"] is not None else "-",
+            f"{row['large_step_share']:.1%}",
+            f"{row['probe_share']:.1%}" if row["probe_share"] is not None else "-",
+            ("★" if row["pareto"] else "") + (" ◀" if row["chosen"] else ""),
+        ))
+    return rows
+
+
+def sweep_table(report: dict[str, Any]):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=f"glimp calibrate sweep: {Path(report['data']).name} ({report['entropy_mode']} entropy)",
+        caption=f"rate: the probe share a threshold came from · ★ Pareto-optimal (nothing both more accurate and faster) · ◀ chosen: {report['sweep']['rule']}",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+        caption_justify="left",
+    )
+    for column in SWEEP_COLUMNS:
+        table.add_column(column, justify="left" if column in ("condition", "") else "right", no_wrap=column == "condition")
+    for row in sweep_rows(report):
+        table.add_row(*row)
+    return table
+
+
+def choice_line(report: dict[str, Any]) -> str:
+    if report["threshold"] is None:
+        line = f"no threshold chosen: {report['sweep']['reason']}"
+    elif report["method"] == "probe":
+        at_rate = report["probe"]["modes"][report["entropy_mode"]]["threshold"]
+        line = (
+            f"threshold {report['threshold']:g} nats ({report['entropy_mode']} entropy): {at_rate['large_steps']} of "
+            f"{at_rate['steps']} probe steps ({at_rate['share']:.1%}) are above it and would go to the large model "
+            f"(target {at_rate['rate']:.0%} = {at_rate['target_steps']} steps"
+            + (")" if at_rate["exact"] else "; ties at the boundary make this the closest count)")
+        )
+    else:
+        line = f"threshold {report['threshold']:g} nats ({report['entropy_mode']} entropy): {report['sweep']['rule']}, routed large-step share {report['large_share']:.1%}"
+    if report["saved"]:
+        line += f"\nsaved to {report['saved']}: `glimp ask` and `glimp bench` use it for pair {report['pair']} unless --threshold is given"
+    return line
