@@ -93,39 +93,49 @@ def decode_overhead(pair, small, large, n_tokens: int) -> dict:
     return results
 
 
-def call_costs(session, *, batch: int = 128, repeats: int = 5) -> dict:
-    """Per-call and per-token cost of llama_decode for one model: time(n) = a + b * n."""
+def call_costs(session, *, batch: int = 128, deep: int = 1024, repeats: int = 5) -> dict:
+    """llama_decode costs for one model: time(n tokens at depth d) = a + n * (b + slope * d)."""
     llm = session._llm
     prompt = session.prompt_tokens(PROMPT)
-    tokens = (prompt * (batch // len(prompt) + 1))[:batch]
+    tokens = (prompt * (deep // len(prompt) + 2))[: deep + batch]
 
-    def best(n: int) -> float:
+    def best(depth: int, n: int) -> float:
         times = []
         for _ in range(repeats):
             llm.n_tokens = 0
-            llm.eval(tokens[: 64])  # some context, as in a real run
+            llm.eval(tokens[:depth])  # the context the measured call attends to
             llama_cpp.llama_synchronize(llm.ctx)
             started = time.perf_counter()
-            llm.eval(tokens[64 : 64 + n] if n > 1 else tokens[64:65])
+            llm.eval(tokens[depth : depth + n])
             llama_cpp.llama_synchronize(llm.ctx)  # decode is asynchronous on a GPU
             times.append(time.perf_counter() - started)
         return min(times)
 
-    one, many = best(1), best(batch - 64)
-    per_token = (many - one) / (batch - 65)
-    return {"per_call_s": max(one - per_token, 0.0), "per_token_s": per_token}
+    shallow = 64
+    one, many = best(shallow, 1), best(shallow, batch)
+    per_token = (many - one) / (batch - 1)
+    # attention makes each token dearer the deeper it sits in the context
+    slope = max(0.0, (best(deep, 1) - one) / (deep - shallow))
+    return {"per_call_s": max(one - per_token, 0.0), "per_token_s": per_token, "slope_s_per_token_per_position": slope, "measured_at": shallow}
 
 
 def predicted_seconds(summary: Summary, costs: dict) -> float:
-    """The cost model: each generated token costs one llama-cpp-python decode step (sample + eval);
-    each other llama_decode call (prompt, catch-up) costs a + b * tokens."""
+    """The cost model: each generated token costs one llama-cpp-python decode step (sample + eval,
+    measured in figure 1 at a shallow depth); each other llama_decode call (prompt, catch-up) costs
+    a + b * tokens; every evaluated token costs `slope` more per position of depth, taken at the
+    middle of the model's final context."""
     total = 0.0
     for role, totals in (("small", summary.small), ("large", summary.large)):
         c = costs[role]
         if totals.prefill_tokens == 0:
             continue  # never used
         batch_calls = max(0, totals.decode_calls - totals.tokens) + 1  # + the prompt's call
-        total += totals.tokens * c["decode_s_per_token"] + batch_calls * c["per_call_s"] + totals.prefill_tokens * c["per_token_s"]
+        depth_extra = c["slope_s_per_token_per_position"] * max(0.0, totals.context_tokens / 2 - c["measured_at"])
+        total += (
+            totals.tokens * (c["decode_s_per_token"] + depth_extra)
+            + batch_calls * c["per_call_s"]
+            + totals.prefill_tokens * (c["per_token_s"] + depth_extra)
+        )
     return total
 
 

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from glimp_cli.bench import parse_number
 from glimp_cli.config import Config, ModelSpec, PairSpec, apply_calibration, calibration_path, find_config, load_config
 from glimp_cli.entropy import ENTROPY_MODES
 from glimp_cli.errors import ConfigError, GlimpError, RunError
@@ -35,14 +36,6 @@ PairOpt = Annotated[Optional[str], typer.Option("--pair", help="Named pair from 
 SmallOpt = Annotated[Optional[str], typer.Option("--small", help="Small model: a name from models.yaml or a .gguf path.")]
 LargeOpt = Annotated[Optional[str], typer.Option("--large", help="Large model: a name from models.yaml or a .gguf path.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of rich output.")]
-
-
-def parse_number(value: str, *, option: str) -> float:
-    """A float from the command line, or a ConfigError naming the option."""
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"{option} must be a number, got '{value}'") from None
 
 
 def resolve_pair(config: Config, *, pair: str | None, small: str | None, large: str | None) -> tuple[PairSpec, ModelSpec, ModelSpec]:
@@ -125,7 +118,7 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
     """List configured models and pairs, and whether each model file is present."""
     from glimp_cli.sources import model_file_status
 
-    cfg = load_config(find_config(config))
+    cfg = apply_calibration(load_config(find_config(config)))
     rows = [
         {"name": m.name, "source": m.source, "status": model_file_status(m), "n_ctx": m.n_ctx, "n_gpu_layers": m.n_gpu_layers}
         for m in cfg.models.values()

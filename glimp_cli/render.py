@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TextIO
 
 from rich.console import Console
@@ -119,6 +119,3 @@ def summary_table(summary: Summary, names: dict[str, str]) -> Table:
     table.caption = f"wall {summary.latency_s:.2f} s · {summary.tokens_per_s:.1f} tokens/s · answer by {summary.answer_model}"
     return table
 
-
-def without_deltas(events: Iterable[Event]) -> Iterator[Event]:
-    return (e for e in events if not isinstance(e, Delta))

@@ -95,8 +95,8 @@ def route(
         writer.catch_up(transcript)
         room = writer.context_room() - settings.reserve
         max_tokens = min(settings.step_max_tokens, budget_left, room)
-        if max_tokens <= 0:
-            finish_reason = "budget" if budget_left <= 0 else "context"
+        if max_tokens <= 0:  # the budget was checked above: only the context can be full
+            finish_reason = "context"
             break
         # Yielded only once the step will be written: no Probe for a step cut off before it starts.
         if entropy is not None:

@@ -27,6 +27,12 @@ def gsm8k_problem(index: int) -> str:
     raise IndexError(index)
 
 
+@pytest.fixture(autouse=True)
+def isolated_calibration(tmp_path_factory, monkeypatch):
+    """A `glimp calibrate --save` outside the tests must not change their thresholds."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
 @pytest.fixture(scope="session")
 def demo_config():
     return load_config(PACKAGED_CONFIG)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,10 +18,13 @@ from conftest import NATALIA
 QUICK = ["--temperature", "0", "--max-step-tokens", "24", "--thinking-budget", "48"]
 
 
+NEUTRAL_CWD = tempfile.mkdtemp(prefix="glimp-cli-")  # no ./models.yaml or calibration file here
+
+
 def glimp(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "glimp_cli", *args],
-        capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout,
+        capture_output=True, text=True, cwd=cwd or NEUTRAL_CWD, env={**os.environ, **(env or {})}, timeout=timeout,
     )
 
 
@@ -146,7 +150,7 @@ def test_glimp_debug_shows_the_traceback():
 def test_ctrl_c_during_ask_exits_130():
     process = subprocess.Popen(
         [sys.executable, "-m", "glimp_cli", "ask", NATALIA, "--json", "--thinking-budget", "4000", "--temperature", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=NEUTRAL_CWD,
     )
     first = process.stdout.readline()  # the first probe: generation is under way
     assert json.loads(first)["type"] == "probe"
