@@ -18,9 +18,9 @@ import pytest
 import yaml
 from rich.console import Console
 
+from cli_helpers import one_error_line, run_main
 from glimp_cli import bench
 from glimp_cli.bench import BenchDisplay, BenchProgress, Condition, make_plan, run_bench, summary_markdown
-from glimp_cli.cli import main
 from glimp_cli.config import PACKAGED_CONFIG
 from glimp_cli.errors import ConfigError
 from glimp_cli.router import RouterSettings
@@ -368,18 +368,7 @@ def _assert_summary_matches_records(summary: dict, records: list[dict]) -> None:
 
 
 def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["glimp", "bench", *args])
-    monkeypatch.delenv("GLIMP_DEBUG", raising=False)
-    with pytest.raises(SystemExit) as exited:
-        main()
-    return exited.value.code, capsys.readouterr().err
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("glimp: error: ")
-    return lines[0].removeprefix("glimp: error: ")
+    return run_main(monkeypatch, capsys, "bench", *args)
 
 
 @pytest.mark.parametrize(
@@ -399,7 +388,7 @@ def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, 
         path.write_text(content)
     code, err = _cli(monkeypatch, capsys, str(path), "--out", str(tmp_path / "out"))
     assert code == 2
-    assert _one_error_line(err).startswith(message.format(path=path))
+    assert one_error_line(err).startswith(message.format(path=path))
     assert not (tmp_path / "out").exists()
 
 
@@ -417,7 +406,7 @@ def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, 
 def test_bad_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(tmp_path / "out"), *args)
     assert code == 2
-    assert _one_error_line(err).startswith(message)
+    assert one_error_line(err).startswith(message)
 
 
 def _out_with_results_from(tmp_path: Path, fingerprint: dict) -> Path:
@@ -432,7 +421,7 @@ def test_out_with_results_from_other_settings_exits_2(tmp_path, monkeypatch, cap
     out = _out_with_results_from(tmp_path, {"pair": "other"})
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(out), *(["--resume"] if resume else []))
     assert code == 2
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert line.startswith(f"{out} holds results from different settings (pair: 'other' then, 'demo' now; small.name: '(unset)' then, ")
     assert line.endswith("pass --force to start over, or choose another --out")
     assert len(_records(out)) == 1  # untouched
@@ -445,7 +434,7 @@ def test_out_with_a_corrupt_middle_line_exits_2(tmp_path, monkeypatch, capsys):
     (out / RESULTS_FILE).write_text('{"id": 1, "mode": "small"}\nnot json\n{"id": 2, "mode": "small"}\n')
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(out), "--resume")
     assert code == 2
-    assert _one_error_line(err) == f"{out / RESULTS_FILE}:2: not a result record: fix or delete the line, or pass --force to start over"
+    assert one_error_line(err) == f"{out / RESULTS_FILE}:2: not a result record: fix or delete the line, or pass --force to start over"
 
 
 # --- end to end with the demo pair ---------------------------------------------------------------

@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 
 from conftest import NATALIA
+from cli_helpers import one_error_line, run_main
 from glimp_cli import calibrate
 from glimp_cli.bench import BenchDisplay
 from glimp_cli.calibrate import (
@@ -34,7 +35,6 @@ from glimp_cli.calibrate import (
     short_number_between,
     threshold_for_rate,
 )
-from glimp_cli.cli import main
 from glimp_cli.config import PACKAGED_CONFIG, apply_calibration, calibration_path, load_config
 from glimp_cli.errors import ConfigError, DataError, RunError
 from glimp_cli.router import RouterSettings
@@ -449,18 +449,7 @@ def test_the_packaged_config_is_calibrated_in_the_user_config_dir(tmp_path, monk
 
 
 def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["glimp", "calibrate", *args])
-    monkeypatch.delenv("GLIMP_DEBUG", raising=False)
-    with pytest.raises(SystemExit) as exited:
-        main()
-    return exited.value.code, capsys.readouterr().err
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("glimp: error: ")
-    return lines[0].removeprefix("glimp: error: ")
+    return run_main(monkeypatch, capsys, "calibrate", *args)
 
 
 @pytest.mark.parametrize(
@@ -480,7 +469,7 @@ def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, 
         path.write_text(content)
     code, err = _cli(monkeypatch, capsys, str(path), "--out", str(tmp_path / "out"))
     assert code == 2
-    assert _one_error_line(err).startswith(message.format(path=path))
+    assert one_error_line(err).startswith(message.format(path=path))
     assert not (tmp_path / "out").exists()
 
 
@@ -505,7 +494,7 @@ def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, 
 def test_bad_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path)), "--out", str(tmp_path / "out"), *args)
     assert code == 2
-    assert _one_error_line(err).startswith(message)
+    assert one_error_line(err).startswith(message)
     assert not (tmp_path / "out").exists()
 
 
