@@ -86,5 +86,5 @@ def _hf_file(spec: ModelSpec, *, download: bool) -> Path:
     try:
         return Path(huggingface_hub.hf_hub_download(repo, filename, local_files_only=not download))
     except Exception as exc:  # the hub client raises many types; all mean "not available"
-        hint = "" if download else " (not in the local cache; run 'glimp pull' to download it)"
+        hint = "" if download else " (not in the local cache; run 'glimp pull NAME' to download it)"
         raise ModelFileError(f"model '{spec.name}': cannot get {spec.hf}: {type(exc).__name__}{hint}") from exc

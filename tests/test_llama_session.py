@@ -168,3 +168,25 @@ def test_same_seed_reproduces_a_sampled_run(demo_pair):
     second = run(NATALIA, small=small, large=large, settings=settings, policy=make_policy("glimp"))
     assert [(s.model, s.text) for s in first.steps] == [(s.model, s.text) for s in second.steps]
     assert first.answer == second.answer
+
+
+def test_prefill_and_decode_counters_are_exact_on_a_scripted_run(demo_pair):
+    """The counts the performance benchmark relies on, recomputed independently."""
+    pair, small, large = demo_pair
+    problem = gsm8k_problem(2)
+    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=math.inf)
+    summary = run(problem, small=small, large=large, settings=settings, policy=make_policy("glimp"))
+    thinking = thinking_text(summary)
+    assert summary.finish_reason == "eos" and summary.small.steps == 8  # no token crosses "\n\n" here
+    # small: its prompt is its only prefill; each of its 260 tokens is one decode call
+    assert summary.small.prefill_tokens == len(small.prompt_tokens(problem))
+    assert summary.small.decode_calls == summary.small.tokens == 260
+    assert small.counters.evaluated_tokens == small.evaluated_tokens() == len(small.prompt_tokens(problem)) + 260
+    # large: its prompt, then the whole transcript plus the answer prefix in one catch-up call
+    caught_up = large._llm.tokenize((thinking + pair.answer_prefix).encode(), add_bos=False, special=True)
+    assert summary.large.prefill_tokens == len(large.prompt_tokens(problem)) + len(caught_up)
+    # its first call (prompt + transcript) is the prompt's; then one call per answer token but the
+    # last, which ends at the answer stop "\n" and is never evaluated
+    assert summary.answer.endswith(".")  # stopped at "\n", not EOS
+    assert summary.large.decode_calls == summary.large.tokens - 1 == 9
+    assert large.counters.evaluated_tokens == large.evaluated_tokens() <= large.context_tokens()
