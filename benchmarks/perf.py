@@ -159,7 +159,7 @@ def headline(pair, small, large, problems, costs) -> dict:
     settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=threshold)
     measured = {"glimp": 0.0, "large": 0.0}
     ideal = {"glimp": 0.0, "large": 0.0}
-    fits, steps, large_steps, prefill, decode, escalations = [], 0, 0, {}, {}, []
+    fits, steps, large_steps, prefill, escalations = [], 0, 0, {}, []
     for problem in problems:
         for mode in ("glimp", "large"):
             summary = run(problem, small=small, large=large, settings=settings, policy=make_policy(mode))

@@ -171,6 +171,7 @@ def bench(
 ) -> None:
     """Run a JSONL benchmark under each routing mode: accuracy, latency and the large model's share."""
     from glimp_cli import bench as benchmark
+    from glimp_cli import render_runs
     from glimp_cli.router import settings_from_pair
     from glimp_cli.store import open_store
 
@@ -185,14 +186,14 @@ def bench(
     )
     out = out if out is not None else Path("runs") / data.stem
     fingerprint = benchmark.fingerprint(plan, pair=pair_spec, small=small_spec, large=large_spec)
-    with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store, benchmark.BenchDisplay(Console(stderr=True, highlight=False), out=out) as display:
+    with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store, render_runs.BenchDisplay(Console(stderr=True, highlight=False), out=out) as display:
         display.notes(store.notes)
         small_session, large_session = open_pair(small_spec, large_spec)
         summary = benchmark.run_bench(plan, small=small_session, large=large_session, store=store, on_progress=display)
     if json_output:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
-        Console(highlight=False).print(benchmark.summary_table(summary))
+        Console(highlight=False).print(render_runs.summary_table(summary))
 
 
 @app.command()
@@ -228,7 +229,7 @@ def calibrate(
 ) -> None:
     """Choose the entropy threshold from data: the small model's step entropies, and with --sweep routed runs."""
     from glimp_cli import calibrate as calibration
-    from glimp_cli.bench import BenchDisplay
+    from glimp_cli.render_runs import BenchDisplay, print_report
     from glimp_cli.router import settings_from_pair
     from glimp_cli.store import open_store
 
@@ -256,7 +257,7 @@ def calibrate(
     if json_output:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
-        calibration.print_report(Console(highlight=False), report)
+        print_report(Console(highlight=False), report)
     if save and report["saved"] is None:
         raise RunError(f"nothing saved: {report['sweep']['reason']}; relax --max-latency or --margin, or try other thresholds")
 

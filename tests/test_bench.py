@@ -20,7 +20,8 @@ from rich.console import Console
 
 from cli_helpers import one_error_line, run_main
 from glimp_cli import bench
-from glimp_cli.bench import BenchDisplay, BenchProgress, Condition, make_plan, run_bench, summary_markdown
+from glimp_cli.bench import BenchProgress, Condition, make_plan, run_bench, summary_markdown
+from glimp_cli.render_runs import BenchDisplay
 from glimp_cli.config import PACKAGED_CONFIG
 from glimp_cli.errors import ConfigError
 from glimp_cli.router import RouterSettings

@@ -19,7 +19,7 @@ from rich.console import Console
 from conftest import NATALIA
 from cli_helpers import one_error_line, run_main
 from glimp_cli import calibrate
-from glimp_cli.bench import BenchDisplay
+from glimp_cli.render_runs import BenchDisplay
 from glimp_cli.calibrate import (
     PROBE_KEY,
     EntropyRecorder,

@@ -11,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import NATALIA
 
