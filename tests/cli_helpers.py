@@ -24,3 +24,25 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("glimp: error: ")
     return lines[0].removeprefix("glimp: error: ")
+
+
+# The data-file errors shared by `glimp bench` and `glimp calibrate`: (file content or None, message).
+BAD_DATA = [
+    (None, "data file not found: {path}"),
+    ('{"problem": "q", "answer": "1"}\n{"problem": "q2", \n', "{path}:2: not JSON: "),
+    ('{"problem": "q", "answer": "1"}\n{"text": "q", "answer": "1"}\n', "{path}:2: no problem text: expected 'problem' or 'question' or 'prompt'; the record has 'text', 'answer'"),
+    ('{"problem": "q", "result": "1"}\n', "{path}:1: no answer: expected 'answer' or 'gold' or 'solution'; the record has 'problem', 'result'"),
+    ("", "{path}: no problems (the file is empty)"),
+]
+BAD_DATA_IDS = ["missing-file", "not-json", "no-problem", "no-answer", "empty-file"]
+
+
+def assert_bad_data_rejected(command: str, tmp_path, monkeypatch, capsys, content: str | None, message: str) -> None:
+    """Exit 2, one line naming the file (and line), and no output directory created."""
+    path = tmp_path / "data.jsonl"
+    if content is not None:
+        path.write_text(content)
+    code, err = run_main(monkeypatch, capsys, command, str(path), "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert one_error_line(err).startswith(message.format(path=path))
+    assert not (tmp_path / "out").exists()

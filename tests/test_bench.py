@@ -18,7 +18,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from cli_helpers import one_error_line, run_main
+from cli_helpers import BAD_DATA, BAD_DATA_IDS, assert_bad_data_rejected, one_error_line, run_main
 from glimp_cli import bench
 from glimp_cli.bench import BenchProgress, Condition, make_plan, run_bench, summary_markdown
 from glimp_cli.render_runs import BenchDisplay
@@ -372,25 +372,9 @@ def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     return run_main(monkeypatch, capsys, "bench", *args)
 
 
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (None, "data file not found: {path}"),
-        ('{"problem": "q", "answer": "1"}\n{"problem": "q2", \n', "{path}:2: not JSON: "),
-        ('{"problem": "q", "answer": "1"}\n{"text": "q", "answer": "1"}\n', "{path}:2: no problem text: expected 'problem' or 'question' or 'prompt'; the record has 'text', 'answer'"),
-        ('{"problem": "q", "result": "1"}\n', "{path}:1: no answer: expected 'answer' or 'gold' or 'solution'; the record has 'problem', 'result'"),
-        ("", "{path}: no problems (the file is empty)"),
-    ],
-    ids=["missing-file", "not-json", "no-problem", "no-answer", "empty-file"],
-)
+@pytest.mark.parametrize(("content", "message"), BAD_DATA, ids=BAD_DATA_IDS)
 def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, message):
-    path = tmp_path / "data.jsonl"
-    if content is not None:
-        path.write_text(content)
-    code, err = _cli(monkeypatch, capsys, str(path), "--out", str(tmp_path / "out"))
-    assert code == 2
-    assert one_error_line(err).startswith(message.format(path=path))
-    assert not (tmp_path / "out").exists()
+    assert_bad_data_rejected("bench", tmp_path, monkeypatch, capsys, content, message)
 
 
 @pytest.mark.parametrize(
