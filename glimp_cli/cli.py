@@ -127,11 +127,13 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
         {"name": p.name, "small": p.small, "large": p.large, "threshold": p.threshold, "entropy": p.entropy, "default": p.name == cfg.default_pair}
         for p in cfg.pairs.values()
     ]
+    gpu_offload = backend.backend_info()["gpu_offload"]
     if json_output:
-        print(json.dumps({"config": str(cfg.path), "models": rows, "pairs": pairs}, indent=2))
+        print(json.dumps({"config": str(cfg.path), "gpu_offload": gpu_offload, "models": rows, "pairs": pairs}, indent=2))
         return
     console = Console(highlight=False)
     console.print(f"config: {cfg.path}")
+    console.print(f"llama.cpp GPU offload compiled in: {'yes' if gpu_offload else 'no (CPU build: n_gpu_layers is ignored)'}")
     table = Table("model", "source", "file", "n_ctx", "n_gpu_layers", title="models")
     for row in rows:
         status = "[green]ok[/]" if row["status"] == "ok" else f"[red]{row['status']}[/]"

@@ -90,6 +90,9 @@ def test_models_lists_models_pairs_and_file_status():
     listing = json.loads(result.stdout)
     assert {m["name"]: m["status"] for m in listing["models"]} == {"smollm2-135m": "ok", "gemma3-270m": "ok"}
     assert listing["pairs"][0]["name"] == "demo" and listing["pairs"][0]["default"] is True
+    import llama_cpp
+
+    assert listing["gpu_offload"] is bool(llama_cpp.llama_supports_gpu_offload())  # False on the README's CPU build
 
 
 def test_models_reports_a_missing_file_without_failing(tmp_path):
