@@ -141,9 +141,11 @@ class LlamaSession:
         self._text = ""
         self._prompt_done = False
         self.counters = Counters()
-        # Re-evaluate the whole prompt: results then never depend on the previous problem
-        # (a batch of one and a batch of many give slightly different logits).
+        # Start from an empty KV cache and re-evaluate the whole prompt, so that results never
+        # depend on the previous problem: which cache cells hold a token and how it was batched
+        # both change the logits slightly, and that flips greedy near-ties.
         self._llm.n_tokens = 0
+        self._llm._ctx.kv_cache_clear()
         self._make_sampler(sampling)
 
     def _make_sampler(self, sampling: Sampling) -> None:
