@@ -5,6 +5,9 @@ from __future__ import annotations
 # llama.cpp's shared libraries load before numpy's: in the other order, a numpy whose
 # bundled OpenMP runtime differs from llama.cpp's crashed model loading (seen on a CUDA machine).
 import llama_cpp  # isort: skip
+from llama_cpp import Llama
+from llama_cpp._internals import LlamaSampler
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 import codecs
 import ctypes
@@ -17,6 +20,7 @@ import numpy as np
 from glimp_cli.config import ModelSpec
 from glimp_cli.errors import ConfigError, ContextError, ModelFileError, RunError
 from glimp_cli.session import Counters, Sampling, StepOutput
+from glimp_cli.sources import resolve_model_path
 
 MAX_DEFAULT_THREADS = 8
 PIECE_BUFFER_BYTES = 256
@@ -48,8 +52,6 @@ def _silence_llama_logs() -> None:
 def load_llama(spec: ModelSpec, path: Path):
     """Load a GGUF file into a llama.cpp model + context."""
     _silence_llama_logs()
-    from llama_cpp import Llama
-
     threads = spec.n_threads or default_threads()
     try:
         return Llama(
@@ -81,7 +83,6 @@ class LlamaSession:
         self.spec = spec
         self.name = spec.name
         self._llm = llm
-        self._llama_cpp = llama_cpp
         self._vocab = llm._model.vocab
         self._n_ctx = llm.n_ctx()
         self._n_batch = llm.n_batch
@@ -107,8 +108,6 @@ class LlamaSession:
             template = self._llm.metadata.get("tokenizer.chat_template")
             if not template:
                 raise ConfigError(f"model '{spec.name}' has no chat template in its GGUF file: set 'prompt' for it in models.yaml")
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
             messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + [{"role": "user", "content": problem}]
             formatter = Jinja2ChatFormatter(
                 template=template,
@@ -149,8 +148,6 @@ class LlamaSession:
         self._make_sampler(sampling)
 
     def _make_sampler(self, sampling: Sampling) -> None:
-        from llama_cpp._internals import LlamaSampler
-
         sampler = LlamaSampler()
         if sampling.temperature <= 0:
             sampler.add_greedy()
@@ -208,7 +205,7 @@ class LlamaSession:
 
     def next_token_logits(self) -> np.ndarray:
         self._flush()
-        pointer = self._llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+        pointer = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(self._llm.n_vocab(),)).copy()
 
     def sample(self) -> int:
@@ -222,7 +219,7 @@ class LlamaSession:
         key = (token, special)
         piece = self._pieces.get(key)
         if piece is None:  # memoized: this runs once per generated token
-            n = self._llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buffer, PIECE_BUFFER_BYTES, 0, special)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buffer, PIECE_BUFFER_BYTES, 0, special)
             piece = self._pieces[key] = self._piece_buffer.raw[: max(n, 0)]
         return piece
 
@@ -232,7 +229,7 @@ class LlamaSession:
     def is_eos(self, token: int) -> bool:
         eos = self._eos.get(token)
         if eos is None:
-            eos = self._eos[token] = bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+            eos = self._eos[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
         return eos
 
     # -- generation -----------------------------------------------------------
@@ -313,6 +310,4 @@ def _find_stop(body: bytearray, stops: list[bytes], scan_from: int) -> tuple[int
 
 def open_session(spec: ModelSpec, *, download: bool = False) -> LlamaSession:
     """Resolve a model's file, load it, and wrap it in a session."""
-    from glimp_cli.sources import resolve_model_path
-
     return LlamaSession(spec, load_llama(spec, resolve_model_path(spec, download=download)))
