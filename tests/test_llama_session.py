@@ -73,34 +73,38 @@ def test_probe_entropy_matches_independent_reference_on_real_logits(demo_pair):
     assert (logits == before).all()
 
 
+def assert_is_the_models_own_continuation(summary, session, problem: str, role: str) -> None:
+    """The steps, joined, are what llama-cpp-python generates alone, split at the delimiter."""
+    assert len(summary.steps) >= 3 and {s.model for s in summary.steps} == {role}
+    thinking = thinking_text(summary)
+    reference, tokens = reference_continuation(session, problem, sum(s.tokens for s in summary.steps))
+    crossing = crossing_offset(session, tokens, "\n\n")
+    if crossing is not None:  # this llama.cpp build's text crosses "\n\n": equal up to the roll-back
+        assert thinking[:crossing] == reference[:crossing]
+        return
+    assert thinking == reference
+    parts = reference.split("\n\n")
+    assert [s.text for s in summary.steps] == [part + "\n\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+# Problem 5: in the README's CPU build, 8 small steps ending in EOS and 3 large steps ending at
+# "\boxed{"; the assertions hold for any build.
+PROBLEM = 5
+
+
 def test_small_mode_is_the_small_models_own_greedy_continuation(demo_pair):
     pair, small, large = demo_pair
-    problem = gsm8k_problem(2)  # greedy continuation has 8 steps and no token across "\n\n"
-    settings = settings_from_pair(pair, sampling=GREEDY)
-    summary = run(problem, small=small, large=large, settings=settings, policy=make_policy("small"))
-    assert summary.finish_reason == "eos"
-    assert len(summary.steps) == 8 and {s.model for s in summary.steps} == {"small"}
-    reference, tokens = reference_continuation(small, problem, summary.small.tokens + 5)
-    assert crossing_offset(small, tokens, "\n\n") is None
-    assert thinking_text(summary) == reference
-    assert [s.text for s in summary.steps] == [part + "\n\n" for part in reference.split("\n\n")[:-1]] + [reference.split("\n\n")[-1]]
+    problem = gsm8k_problem(PROBLEM)
+    summary = run(problem, small=small, large=large, settings=settings_from_pair(pair, sampling=GREEDY), policy=make_policy("small"))
+    assert_is_the_models_own_continuation(summary, small, problem, "small")
 
 
 def test_large_mode_is_the_large_models_own_greedy_continuation(demo_pair):
     pair, small, large = demo_pair
-    problem = gsm8k_problem(2)
-    settings = settings_from_pair(pair, sampling=GREEDY)
-    summary = run(problem, small=small, large=large, settings=settings, policy=make_policy("large"))
-    assert summary.finish_reason == "repeat"  # greedy Gemma repeats its fourth step
-    assert [s.model for s in summary.steps] == ["large"] * 4
-    assert summary.steps[-1].text == summary.steps[-2].text
-    thinking = thinking_text(summary)
-    reference, tokens = reference_continuation(large, problem, sum(s.tokens for s in summary.steps))
-    assert crossing_offset(large, tokens, "\n\n") is None
-    assert reference == thinking
-    assert summary.small.tokens == 0 and summary.small.decode_calls == 0  # never probed
-
-
+    problem = gsm8k_problem(PROBLEM)
+    summary = run(problem, small=small, large=large, settings=settings_from_pair(pair, sampling=GREEDY), policy=make_policy("large"))
+    assert_is_the_models_own_continuation(summary, large, problem, "large")
+    assert summary.small.tokens == 0 and summary.small.decode_calls == 0 and summary.small.prefill_tokens == 0  # never probed
 def test_routed_texts_agree_with_reference_up_to_the_first_delimiter_crossing(demo_pair):
     pair, small, large = demo_pair
     # "e" as the step delimiter: tokens such as " sell" run past it, so steps end mid-token
@@ -121,22 +125,25 @@ def test_routed_texts_agree_with_reference_up_to_the_first_delimiter_crossing(de
 def test_probe_token_is_reused_when_every_step_is_delegated(demo_pair):
     pair, small, large = demo_pair
     settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=math.inf)
-    summary = run(gsm8k_problem(2), small=small, large=large, settings=settings, policy=make_policy("glimp"))
-    assert summary.finish_reason == "eos"  # so the last generated token was evaluated
-    assert summary.small.steps == len(summary.steps) == 8
-    assert summary.small.decode_calls == summary.small.tokens == 260
+    summary = run(gsm8k_problem(PROBLEM), small=small, large=large, settings=settings, policy=make_policy("glimp"))
+    assert summary.small.steps == len(summary.steps) >= 3
+    # one decode per generated token, none per step; after EOS every kept token was evaluated,
+    # otherwise the last one is still pending (nobody needed the logits after it)
+    pending = 0 if summary.finish_reason == "eos" else 1
+    assert summary.small.decode_calls == summary.small.tokens - pending
+    assert summary.small.tokens == sum(s.tokens for s in summary.steps)
 
 
 def test_escalated_steps_cost_the_small_model_one_catch_up_each(demo_pair):
     pair, small, large = demo_pair
     settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=-math.inf)
-    summary = run(gsm8k_problem(2), small=small, large=large, settings=settings, policy=make_policy("glimp"))
+    summary = run(gsm8k_problem(PROBLEM), small=small, large=large, settings=settings, policy=make_policy("glimp"))
     assert summary.large_step_rate == 1.0
     assert summary.small.tokens == 0
     # the first probe reads the prompt's logits; each later probe evaluates the previous step in one call
     assert summary.small.decode_calls == len(summary.steps) - 1
     assert thinking_text(summary) == thinking_text(
-        run(gsm8k_problem(2), small=small, large=large, settings=settings, policy=make_policy("large"))
+        run(gsm8k_problem(PROBLEM), small=small, large=large, settings=settings, policy=make_policy("large"))
     )
 
 
@@ -173,20 +180,24 @@ def test_same_seed_reproduces_a_sampled_run(demo_pair):
 def test_prefill_and_decode_counters_are_exact_on_a_scripted_run(demo_pair):
     """The counts the performance benchmark relies on, recomputed independently."""
     pair, small, large = demo_pair
-    problem = gsm8k_problem(2)
+    problem = gsm8k_problem(PROBLEM)
     settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=math.inf)
     summary = run(problem, small=small, large=large, settings=settings, policy=make_policy("glimp"))
     thinking = thinking_text(summary)
-    assert summary.finish_reason == "eos" and summary.small.steps == 8  # no token crosses "\n\n" here
-    # small: its prompt is its only prefill; each of its 260 tokens is one decode call
-    assert summary.small.prefill_tokens == len(small.prompt_tokens(problem))
-    assert summary.small.decode_calls == summary.small.tokens == 260
-    assert small.counters.evaluated_tokens == small.evaluated_tokens() == len(small.prompt_tokens(problem)) + 260
-    # large: its prompt, then the whole transcript plus the answer prefix in one catch-up call
+    _, tokens = reference_continuation(small, problem, summary.small.tokens)
+    if crossing_offset(small, tokens, "\n\n") is not None:
+        pytest.skip("this llama.cpp build's greedy text crosses the delimiter: the prefill adds re-tokenized text")
+    prompt = len(small.prompt_tokens(problem))
+    pending = 0 if summary.finish_reason == "eos" else 1
+    # small: its prompt is its only prefill; each generated token is one decode call
+    assert summary.small.prefill_tokens == prompt
+    assert summary.small.decode_calls == summary.small.tokens - pending
+    assert small.counters.evaluated_tokens == small.evaluated_tokens() == prompt + summary.small.tokens - pending
+    # large: its prompt, then the whole transcript plus the answer prefix in one call
     caught_up = large._llm.tokenize((thinking + pair.answer_prefix).encode(), add_bos=False, special=True)
     assert summary.large.prefill_tokens == len(large.prompt_tokens(problem)) + len(caught_up)
-    # its first call (prompt + transcript) is the prompt's; then one call per answer token but the
-    # last, which ends at the answer stop "\n" and is never evaluated
-    assert summary.answer.endswith(".")  # stopped at "\n", not EOS
-    assert summary.large.decode_calls == summary.large.tokens - 1 == 9
+    # that first call is the prompt's; then one call per answer token, except a last one that
+    # ended at the answer stop "\n" (never evaluated) rather than at EOS (not a token)
+    stopped = large.text.endswith("\n")
+    assert summary.large.decode_calls == summary.large.tokens - (1 if stopped else 0)
     assert large.counters.evaluated_tokens == large.evaluated_tokens() <= large.context_tokens()
