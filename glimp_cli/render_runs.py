@@ -20,7 +20,6 @@ from glimp_cli.render import MODEL_STYLES
 
 class BenchDisplay:
     """Progress on stderr: a Rich bar on a terminal, one plain line per result otherwise."""
-
     def __init__(self, console, *, out: Path) -> None:
         self.console = console
         self.out = out
@@ -68,7 +67,6 @@ class BenchDisplay:
             self._skipped = 0
 
     def _bar(self, progress: BenchProgress) -> None:
-
         if self._progress is None:
             self._progress = Progress(
                 TextColumn("{task.description}"),
@@ -101,7 +99,6 @@ class BenchDisplay:
 
 def summary_table(summary: dict[str, Any]):
     """The summary as a Rich table that fits 80 columns; finish reasons go in the caption."""
-
     finish = "; ".join(f"{row[0]}: {row[-1]}" for row in summary_rows(summary))
     table = Table(
         title=f"glimp bench: {Path(summary['data'] or '?').name}",
@@ -171,7 +168,6 @@ def histogram_view(probe: dict[str, Any], mode: str, *, configured: bool):
 
 
 def quantile_table(report: dict[str, Any]):
-
     probe = report["probe"]
     table = Table(title="initial-token entropy (nats)", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, caption_justify="left")
     names = list(next(iter(probe["modes"].values()))["distribution"])
@@ -216,7 +212,6 @@ def sweep_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def sweep_table(report: dict[str, Any]):
-
     table = Table(
         title=f"glimp calibrate sweep: {Path(report['data']).name} ({report['entropy_mode']} entropy)",
         caption=f"rate: the probe share a threshold came from · ★ Pareto-optimal (nothing both more accurate and faster) · ◀ chosen: {report['sweep']['rule']}",
