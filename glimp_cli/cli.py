@@ -21,6 +21,7 @@ from glimp_cli.config import Config, ModelSpec, PairSpec, apply_calibration, cal
 from glimp_cli.entropy import ENTROPY_MODES
 from glimp_cli.errors import ConfigError, GlimpError, RunError
 from glimp_cli.policy import MODES, make_policy
+from glimp_cli.router import RouterSettings, settings_from_pair
 from glimp_cli.session import DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
 app = typer.Typer(
@@ -52,6 +53,15 @@ def _model_arg(config: Config, value: str) -> ModelSpec:
     return config.model(value)
 
 
+def configure_run(
+    config: Config, *, pair: str | None, small: str | None, large: str | None, overrides: dict, sampling: Sampling
+) -> tuple[PairSpec, ModelSpec, ModelSpec, RouterSettings]:
+    """The pair with --small/--large and the other command-line overrides (None = not given), its models, and the router settings."""
+    pair_spec, small_spec, large_spec = resolve_pair(config, pair=pair, small=small, large=large)
+    pair_spec = validate_pair_overrides(pair_spec, {k: v for k, v in overrides.items() if v is not None})
+    return pair_spec, small_spec, large_spec, settings_from_pair(pair_spec, sampling=sampling)
+
+
 def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
     return backend.open_session(small_spec), backend.open_session(large_spec)
 
@@ -77,11 +87,9 @@ def ask(
 ) -> None:
     """Solve one problem, rendering each step live, coloured by the model that wrote it."""
     from glimp_cli.render import LiveRenderer, write_json_lines
-    from glimp_cli.router import route, settings_from_pair
+    from glimp_cli.router import route
 
     cfg = apply_calibration(load_config(find_config(config)))  # a saved `glimp calibrate` threshold; --threshold still wins
-    pair_spec, small_spec, large_spec = resolve_pair(cfg, pair=pair, small=small, large=large)
-    policy = make_policy(mode, rate=parse_number(rate, option="--rate"))
     overrides = {
         "threshold": parse_number(threshold, option="--threshold") if threshold is not None else None,
         "entropy": entropy,
@@ -89,8 +97,10 @@ def ask(
         "thinking_budget": thinking_budget,
         "answer_by": answer_by,
     }
-    pair_spec = validate_pair_overrides(pair_spec, {k: v for k, v in overrides.items() if v is not None})
-    settings = settings_from_pair(pair_spec, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed))
+    _, small_spec, large_spec, settings = configure_run(
+        cfg, pair=pair, small=small, large=large, overrides=overrides, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed)
+    )
+    policy = make_policy(mode, rate=parse_number(rate, option="--rate"))
     small_session, large_session = open_pair(small_spec, large_spec)
     events = route(problem, small=small_session, large=large_session, settings=settings, policy=policy)
     if json_output:
@@ -174,14 +184,13 @@ def bench(
     """Run a JSONL benchmark under each routing mode: accuracy, latency and the large model's share."""
     from glimp_cli import bench as benchmark
     from glimp_cli import render_runs
-    from glimp_cli.router import settings_from_pair
     from glimp_cli.store import open_store
 
     cfg = apply_calibration(load_config(find_config(config)))  # a saved `glimp calibrate` threshold; --threshold still wins
-    pair_spec, small_spec, large_spec = resolve_pair(cfg, pair=pair, small=small, large=large)
     overrides = {"entropy": entropy, "step_max_tokens": max_step_tokens, "thinking_budget": thinking_budget, "answer_by": answer_by}
-    pair_spec = validate_pair_overrides(pair_spec, {k: v for k, v in overrides.items() if v is not None})
-    settings = settings_from_pair(pair_spec, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed))
+    pair_spec, small_spec, large_spec, settings = configure_run(
+        cfg, pair=pair, small=small, large=large, overrides=overrides, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed)
+    )
     plan = benchmark.make_plan(
         data, settings=settings, modes=modes, thresholds=threshold, rate=rate,
         problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit,
@@ -232,14 +241,13 @@ def calibrate(
     """Choose the entropy threshold from data: the small model's step entropies, and with --sweep routed runs."""
     from glimp_cli import calibrate as calibration
     from glimp_cli.render_runs import BenchDisplay, print_report
-    from glimp_cli.router import settings_from_pair
     from glimp_cli.store import open_store
 
     cfg = load_config(find_config(config))
-    pair_spec, small_spec, large_spec = resolve_pair(cfg, pair=pair, small=small, large=large)
     overrides = {"entropy": entropy, "step_max_tokens": max_step_tokens, "thinking_budget": thinking_budget, "answer_by": answer_by}
-    pair_spec = validate_pair_overrides(pair_spec, {k: v for k, v in overrides.items() if v is not None})
-    settings = settings_from_pair(pair_spec, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed))
+    pair_spec, small_spec, large_spec, settings = configure_run(
+        cfg, pair=pair, small=small, large=large, overrides=overrides, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed)
+    )
     plan = calibration.make_plan(
         data, settings=settings, target_rate=target_rate, sweep=sweep, thresholds=thresholds, rates=rates,
         objective=objective, max_latency=max_latency, margin=margin,

@@ -90,10 +90,7 @@ def event_record(event: Event) -> dict[str, Any]:
     """A JSON-ready dict with a `type` field (the `--json` schema)."""
     if isinstance(event, Summary):
         return summary_record(event)
-    record = {"type": type(event).__name__.lower(), **dataclasses.asdict(event)}
-    if isinstance(event, Step):
-        record["model"] = event.model
-    return record
+    return {"type": type(event).__name__.lower(), **dataclasses.asdict(event)}
 
 
 def summary_record(summary: Summary) -> dict[str, Any]:
