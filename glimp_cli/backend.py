@@ -94,6 +94,7 @@ class LlamaSession:
         self._prompt_len = 0
         self._text = ""
         self._sampler = None
+        self._formatter: Jinja2ChatFormatter | None = None
         self._prompt_done = False
         self.counters = Counters()
 
@@ -105,20 +106,25 @@ class LlamaSession:
         if spec.prompt is not None:
             prompt = spec.prompt.replace("{problem}", problem)
         else:
+            messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + [{"role": "user", "content": problem}]
+            prompt = self._chat_formatter()(messages=messages).prompt
+        if spec.think_prefix and not prompt.endswith(spec.think_prefix):
+            prompt += spec.think_prefix
+        return prompt
+
+    def _chat_formatter(self) -> Jinja2ChatFormatter:
+        """The GGUF chat template, compiled once per session (not once per problem)."""
+        if self._formatter is None:
             template = self._llm.metadata.get("tokenizer.chat_template")
             if not template:
-                raise ConfigError(f"model '{spec.name}' has no chat template in its GGUF file: set 'prompt' for it in models.yaml")
-            messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + [{"role": "user", "content": problem}]
-            formatter = Jinja2ChatFormatter(
+                raise ConfigError(f"model '{self.spec.name}' has no chat template in its GGUF file: set 'prompt' for it in models.yaml")
+            self._formatter = Jinja2ChatFormatter(
                 template=template,
                 eos_token=self._piece(self._llm.token_eos(), special=True),
                 bos_token=self._piece(self._llm.token_bos(), special=True),
                 add_generation_prompt=True,
             )
-            prompt = formatter(messages=messages).prompt
-        if spec.think_prefix and not prompt.endswith(spec.think_prefix):
-            prompt += spec.think_prefix
-        return prompt
+        return self._formatter
 
     def prompt_tokens(self, problem: str) -> list[int]:
         """The prompt's tokens, with BOS added once where the model wants it."""
