@@ -6,7 +6,7 @@ from __future__ import annotations
 # bundled OpenMP runtime differs from llama.cpp's crashed model loading (seen on a CUDA machine).
 import llama_cpp  # isort: skip
 from llama_cpp import Llama
-from llama_cpp._internals import LlamaSampler
+from llama_cpp._internals import LlamaBatch, LlamaSampler
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 import codecs
@@ -96,6 +96,14 @@ class LlamaSession:
         self._sampler = None
         self._formatter: Jinja2ChatFormatter | None = None
         self._prompt_done = False
+        self._clear_cache = False
+        self._after_batch = False
+        # The hot path decodes one token at a time through this batch, not Llama.eval, whose
+        # per-call Python (a KV removal and a batch refill) cost ~1.5% of a token on an H100.
+        self._one = LlamaBatch(n_tokens=1, embd=0, n_seq_max=1, verbose=False)
+        self._one.batch.n_seq_id[0] = 1
+        self._one.batch.seq_id[0][0] = 0
+        self._one.batch.logits[0] = True
         self.counters = Counters()
 
     # -- prompt and transcript -------------------------------------------------
@@ -148,9 +156,11 @@ class LlamaSession:
         self.counters = Counters()
         # Start from an empty KV cache and re-evaluate the whole prompt, so that results never
         # depend on the previous problem: which cache cells hold a token and how it was batched
-        # both change the logits slightly, and that flips greedy near-ties.
+        # both change the logits slightly, and that flips greedy near-ties. The cache is cleared
+        # at the first evaluation, so a model that a run never uses costs nothing.
         self._llm.n_tokens = 0
-        self._llm._ctx.kv_cache_clear()
+        self._clear_cache = True
+        self._after_batch = False
         self._make_sampler(sampling)
 
     def _make_sampler(self, sampling: Sampling) -> None:
@@ -194,20 +204,48 @@ class LlamaSession:
     # -- evaluation and sampling ---------------------------------------------
 
     def _flush(self) -> None:
-        """Evaluate pending tokens: one llama_decode call per n_batch tokens."""
+        """Evaluate pending tokens: one llama_decode call per n_batch tokens.
+
+        Invariant: the KV cache holds exactly the first `llm.n_tokens` tokens (an interrupted
+        step removes what it added), so a single token needs no KV removal before it.
+        """
         llm = self._llm
         start = llm.n_tokens
-        pending = self._tokens[start:]
-        if not pending:
+        n_pending = len(self._tokens) - start
+        if n_pending <= 0:
             return
-        chunks = -(-len(pending) // self._n_batch)
-        llm.eval(pending)
-        self.counters.prefill_tokens += len(pending) - self._own_pending
-        self.counters.evaluated_tokens += len(pending)
+        if self._clear_cache:
+            llm._ctx.kv_cache_clear()
+            self._clear_cache = False
+        if n_pending == 1:
+            self._decode_one(self._tokens[start], start)
+            chunks = 1
+            if self._after_batch:
+                self.counters.single_after_batch += 1
+                self._after_batch = False
+        else:
+            chunks = -(-n_pending // self._n_batch)
+            llm.eval(self._tokens[start:])
+            self._after_batch = True
+        self.counters.prefill_tokens += n_pending - self._own_pending
+        self.counters.evaluated_tokens += n_pending
         if self._prompt_done:
             self.counters.decode_calls += chunks
         self._prompt_done = True
         self._own_pending = 0
+
+    def _decode_one(self, token: int, position: int) -> None:
+        """Evaluate one token at `position` (the hot path of generation)."""
+        batch = self._one.batch
+        batch.n_tokens = 1
+        batch.token[0] = token
+        batch.pos[0] = position
+        code = llama_cpp.llama_decode(self._llm.ctx, batch)
+        if code != 0:
+            raise RunError(f"model '{self.name}': llama_decode returned {code} at position {position}")
+        llm = self._llm
+        llm.input_ids[position] = token  # keep the Llama object consistent for llama-cpp-python's own calls
+        llm.n_tokens = position + 1
 
     def next_token_logits(self) -> np.ndarray:
         self._flush()
@@ -216,7 +254,7 @@ class LlamaSession:
 
     def sample(self) -> int:
         self._flush()
-        return self._sampler.sample(self._llm._ctx, -1)
+        return llama_cpp.llama_sampler_sample(self._sampler.sampler, self._llm.ctx, -1)
 
     def _piece(self, token: int, *, special: bool = False) -> str:
         return self._piece_bytes(token, special=special).decode("utf-8", errors="replace")
@@ -296,8 +334,14 @@ class LlamaSession:
         finally:
             if not completed:  # interrupted: leave the cache as it was before the step
                 del self._tokens[tokens_before:]
-                self._llm.n_tokens = min(self._llm.n_tokens, tokens_before)
                 self._text, self._own_pending = text_before, own_before
+                if self._llm.n_tokens > tokens_before:
+                    # The step's decodes overwrote the logits: the token before the step goes
+                    # back to pending, so they are computed again when next needed.
+                    keep = tokens_before - 1
+                    self._llm.n_tokens = keep
+                    self._llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+                    self._own_pending = 0
 
     def _append_own(self, token: int) -> None:
         self._tokens.append(token)

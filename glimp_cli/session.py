@@ -34,6 +34,7 @@ class Counters:
     decode_calls: int = 0  # llama_decode calls after the prompt's
     generated_tokens: int = 0  # sampled and kept (EOS not counted)
     evaluated_tokens: int = 0  # every token handed to llama_decode, counted independently of the cache
+    single_after_batch: int = 0  # one-token decodes right after a multi-token call (a CUDA build rebuilds its graph there)
 
 
 class Session(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import llama_cpp  # isort: skip
 import pytest
 from llama_cpp import Llama
 
@@ -201,3 +202,46 @@ def test_prefill_and_decode_counters_are_exact_on_a_scripted_run(demo_pair):
     stopped = large.text.endswith("\n")
     assert summary.large.decode_calls == summary.large.tokens - (1 if stopped else 0)
     assert large.counters.evaluated_tokens == large.evaluated_tokens() <= large.context_tokens()
+    # one-token decodes right after a multi-token call: after each model's first (prompt) batch
+    assert small.counters.single_after_batch == 1
+    assert large.counters.single_after_batch == (1 if summary.large.decode_calls else 0)
+
+
+def cached_positions(session) -> int:
+    """Positions the model's KV cache holds for its sequence, read from llama.cpp itself."""
+    memory = llama_cpp.llama_get_memory(session._llm.ctx)
+    return llama_cpp.llama_memory_seq_pos_max(memory, 0) + 1
+
+
+def write(session, problem: str, *, stop_after: int | None = None) -> str:
+    """Start a problem and write one 12-token step; with stop_after, abandon it after that many pieces."""
+    session.start(problem, sampling=GREEDY)
+    step = session.generate_step(first_token=None, stops=(), max_tokens=12)
+    pieces = []
+    try:
+        while stop_after is None or len(pieces) < stop_after:
+            pieces.append(next(step))
+    except StopIteration as done:
+        return done.value.text
+    step.close()  # as when a consumer stops reading (Ctrl-C in `glimp ask`)
+    return "".join(pieces)
+
+
+def test_an_abandoned_step_leaves_the_cache_exactly_as_before_it(demo_pair):
+    _, small, _ = demo_pair
+    whole = write(small, NATALIA)
+    partial = write(small, NATALIA, stop_after=6)
+    assert whole.startswith(partial) and len(partial) < len(whole)
+    prompt = len(small.prompt_tokens(NATALIA))
+    # the step's tokens are gone from the cache, and so is the prompt's last one, whose logits the
+    # step overwrote: it is evaluated again before the next sample
+    assert small.text == "" and small.evaluated_tokens() == prompt - 1 == cached_positions(small)
+    assert small.context_tokens() == prompt
+    step = small.generate_step(first_token=None, stops=(), max_tokens=12)
+    pieces = []
+    try:
+        while True:
+            pieces.append(next(step))
+    except StopIteration as done:
+        assert done.value.text == "".join(pieces) == whole
+    assert cached_positions(small) == small.evaluated_tokens() == prompt + 11  # the 12th token is pending
