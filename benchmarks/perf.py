@@ -200,7 +200,7 @@ def headline(pair, small, large, problems, costs, repeats: int) -> dict:
                 steps += len(summary.steps)
                 large_steps += sum(s.model == "large" for s in summary.steps)
                 for role, session in (("small", small), ("large", large)):
-                    prefill.setdefault(role, []).append(session.counters.evaluated_tokens / max(1, session.context_tokens()))
+                    prefill.setdefault(role, []).append(counters[role].evaluated_tokens / max(1, session.context_tokens()))
                 escalations.append(probe_cost(summary))
     escalated = sum(e[1] for e in escalations)
     return {

@@ -213,15 +213,15 @@ def cached_positions(session) -> int:
     return llama_cpp.llama_memory_seq_pos_max(memory, 0) + 1
 
 
-def write(session, problem: str, *, stop_after: int | None = None) -> str:
-    """Start a problem and write one 12-token step; with stop_after, abandon it after that many pieces."""
-    session.start(problem, sampling=GREEDY)
+def write_step(session, *, stop_after: int | None = None) -> str:
+    """Write one 12-token step; with stop_after, abandon it after that many pieces."""
     step = session.generate_step(first_token=None, stops=(), max_tokens=12)
     pieces = []
     try:
         while stop_after is None or len(pieces) < stop_after:
             pieces.append(next(step))
     except StopIteration as done:
+        assert done.value.text == "".join(pieces)
         return done.value.text
     step.close()  # as when a consumer stops reading (Ctrl-C in `glimp ask`)
     return "".join(pieces)
@@ -229,19 +229,15 @@ def write(session, problem: str, *, stop_after: int | None = None) -> str:
 
 def test_an_abandoned_step_leaves_the_cache_exactly_as_before_it(demo_pair):
     _, small, _ = demo_pair
-    whole = write(small, NATALIA)
-    partial = write(small, NATALIA, stop_after=6)
+    small.start(NATALIA, sampling=GREEDY)
+    whole = write_step(small)
+    small.start(NATALIA, sampling=GREEDY)
+    partial = write_step(small, stop_after=6)
     assert whole.startswith(partial) and len(partial) < len(whole)
     prompt = len(small.prompt_tokens(NATALIA))
     # the step's tokens are gone from the cache, and so is the prompt's last one, whose logits the
     # step overwrote: it is evaluated again before the next sample
     assert small.text == "" and small.evaluated_tokens() == prompt - 1 == cached_positions(small)
     assert small.context_tokens() == prompt
-    step = small.generate_step(first_token=None, stops=(), max_tokens=12)
-    pieces = []
-    try:
-        while True:
-            pieces.append(next(step))
-    except StopIteration as done:
-        assert done.value.text == "".join(pieces) == whole
+    assert write_step(small) == whole
     assert cached_positions(small) == small.evaluated_tokens() == prompt + 11  # the 12th token is pending
