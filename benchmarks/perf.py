@@ -13,6 +13,7 @@ Prints five figures with their targets (see README, "Performance"):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -28,11 +29,79 @@ from glimp_cli.config import PACKAGED_CONFIG, load_config
 from glimp_cli.events import Step, Summary
 from glimp_cli.policy import make_policy
 from glimp_cli.router import route, run, settings_from_pair
-from glimp_cli.session import Counters, Sampling
+from glimp_cli.session import Sampling
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k.jsonl"
 PROMPT = "Write a long story about a robot who learns to paint. Describe every day of its first month."
 GREEDY = Sampling(temperature=0.0, seed=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One timed llama.cpp call: a llama_decode of `tokens` tokens from `position`, or a sample (tokens=0)."""
+
+    model: str
+    tokens: int
+    position: int
+    seconds: float
+
+
+class CallLog:
+    """Times every llama_decode and sampler call while installed (`with CallLog(...) as log:`) and recording.
+
+    glimp's loop and llama-cpp-python's own both reach llama.cpp through these two functions, so
+    both are timed the same way (the wrapper costs about a microsecond a call). What a run spends
+    outside them is Python: the routing, tokenizing, events, and llama-cpp-python's own loop.
+    """
+
+    MODULES = (llama_cpp, llama_cpp.llama_cpp)  # glimp calls the first, llama-cpp-python the second
+
+    def __init__(self, sessions: dict) -> None:
+        self._models = {_address(s._llm.ctx): role for role, s in sessions.items()}
+        self._calls: list[Call] | None = None
+        self._originals = (llama_cpp.llama_decode, llama_cpp.llama_sampler_sample)
+
+    def __enter__(self) -> CallLog:
+        decode, sample = self._originals
+
+        def timed_decode(ctx, batch):
+            started = time.perf_counter()
+            code = decode(ctx, batch)
+            if self._calls is not None:
+                self._calls.append(Call(self._models[_address(ctx)], batch.n_tokens, batch.pos[0], time.perf_counter() - started))
+            return code
+
+        def timed_sample(sampler, ctx, index):
+            started = time.perf_counter()
+            token = sample(sampler, ctx, index)
+            if self._calls is not None:
+                self._calls.append(Call(self._models[_address(ctx)], 0, -1, time.perf_counter() - started))
+            return token
+
+        for module in self.MODULES:
+            module.llama_decode, module.llama_sampler_sample = timed_decode, timed_sample
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for module in self.MODULES:
+            module.llama_decode, module.llama_sampler_sample = self._originals
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Collect the calls made inside the block into the list it yields."""
+        self._calls = calls = []
+        try:
+            yield calls
+        finally:
+            self._calls = None
+
+
+def _address(ctx) -> int:
+    return getattr(ctx, "value", ctx)
+
+
+def inside_seconds(calls: list[Call]) -> float:
+    return sum(c.seconds for c in calls)
 
 
 def timed_route(problem, small, large, settings, policy) -> tuple[Summary, float]:
@@ -67,8 +136,20 @@ def llama_alone(session, problem: str, n_tokens: int) -> tuple[float, float]:
     return ended - started, (ended - first) / max(1, generated - 1)
 
 
-def decode_overhead(pair, small, large, n_tokens: int, repeats: int) -> dict:
-    """Figure 1: the same prompt and token count, glimp's loop against llama-cpp-python's (medians)."""
+REFERENCE_TOKENS = 32
+
+
+def reference_s_per_token(session, repeats: int) -> float:
+    """llama-cpp-python's own time per generated token (sample + decode) over a short greedy run
+    (median): how fast this machine runs the model right now. A shared machine drifts (14% in a
+    minute on the 2-core VM this was written on), so every cost is stored at one reference speed
+    and rescaled to the speed measured around the runs it predicts."""
+    return statistics.median(llama_alone(session, PROMPT, REFERENCE_TOKENS)[1] for _ in range(repeats))
+
+
+def decode_overhead(pair, small, large, log: CallLog, n_tokens: int, repeats: int) -> dict:
+    """Figure 1: the same prompt and token count, glimp's loop against llama-cpp-python's (medians);
+    also the share of each loop's time spent outside llama.cpp's calls."""
     results = {}
     for role, session in (("small", small), ("large", large)):
         settings = dataclasses.replace(
@@ -77,30 +158,37 @@ def decode_overhead(pair, small, large, n_tokens: int, repeats: int) -> dict:
             # one long step: nothing but the token count (or EOS) ends it
             delimiter="\x00", end_markers=(), answer_markers=(),
         )
-        glimp_s, alone_s, per_token, tokens = [], [], [], 0
+        glimp_s, alone_s, outside, tokens = [], [], {"glimp": [], "llama_cpp": []}, 0
         for _ in range(repeats):
-            summary, seconds = timed_route(PROMPT, small, large, settings, make_policy(role))
+            with log.recording() as calls:
+                summary, seconds = timed_route(PROMPT, small, large, settings, make_policy(role))
             tokens = sum(s.tokens for s in summary.steps)
             glimp_s.append(seconds)
-            total, token_s = llama_alone(session, PROMPT, tokens)
+            outside["glimp"].append((seconds - inside_seconds(calls)) / seconds)
+            with log.recording() as calls:
+                total, _ = llama_alone(session, PROMPT, tokens)
             alone_s.append(total)
-            per_token.append(token_s)
+            outside["llama_cpp"].append((total - inside_seconds(calls)) / total)
         glimp_tps, alone_tps = tokens / statistics.median(glimp_s), tokens / statistics.median(alone_s)
         results[role] = {
             "tokens": tokens, "glimp_tps": glimp_tps, "llama_cpp_tps": alone_tps, "ratio": glimp_tps / alone_tps,
-            "decode_s_per_token": statistics.median(per_token),  # sample + decode, llama-cpp-python alone
-            "decode_depth": len(session.prompt_tokens(PROMPT)) + tokens / 2,  # mean position of those tokens
+            "outside_share": {loop: statistics.median(v) for loop, v in outside.items()},
         }
     return results
 
 
-def call_costs(session, *, repeats: int, small_batch: int = 16, batch: int = 128, deep: int = 1024) -> dict:
-    """llama_decode costs for one model (medians): a multi-token call of n tokens at depth d costs
-    a + n * (b + slope * d); the first one-token call after it costs `switch` more than the next
-    (a CUDA build rebuilds its graph when the batch shape changes)."""
+def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...] = (64, 256, 512, 1024)) -> dict:
+    """Costs for one model, measured together (medians over `repeats` rounds). A generated token
+    costs llama-cpp-python's own time per token (its loop, as in figure 1, over a short run) at the
+    depth it was measured at, plus what a one-token llama_decode costs more at the token's own
+    depth (`single_curve`: attention over a longer context). A multi-token call of n tokens from
+    position d costs what a call of n tokens from position 0 costs (`batch_curve`, the prompt-like
+    calls of each round) + `batch_depth_s` * n * d. The first one-token call after a multi-token
+    call costs `switch` more than the ones after it (a CUDA build rebuilds its graph)."""
     llm = session._llm
     prompt = session.prompt_tokens(PROMPT)
-    tokens = (prompt * (deep // len(prompt) + 3))[: deep + batch + 2]
+    deep = max(depths)
+    tokens = (prompt * (deep // len(prompt) + 3))[: deep + batch + 8]
 
     def timed_eval(at: int, n: int) -> float:
         started = time.perf_counter()
@@ -108,53 +196,96 @@ def call_costs(session, *, repeats: int, small_batch: int = 16, batch: int = 128
         llama_cpp.llama_synchronize(llm.ctx)  # decode is asynchronous on a GPU
         return time.perf_counter() - started
 
-    def median_times(depth: int, n: int) -> tuple[float, float, float]:
-        """(n tokens after a batch of `depth`, one token after them, one more token)."""
-        runs = []
-        for _ in range(repeats):
-            llm.n_tokens = 0
-            llm.eval(tokens[:depth])  # the context the measured calls attend to
-            llama_cpp.llama_synchronize(llm.ctx)
-            runs.append((timed_eval(depth, n), timed_eval(depth + n, 1), timed_eval(depth + n + 1, 1)))
-        return tuple(statistics.median(r[i] for r in runs) for i in range(3))
+    def timed_calls(depth: int, singles: int = 5) -> tuple[float, float, float, float]:
+        """(`depth` tokens from position 0, `batch` tokens after them, the one token after those,
+        the mean of the next ones)."""
+        llm.n_tokens = 0
+        times = [timed_eval(0, depth), timed_eval(depth, batch)] + [timed_eval(depth + batch + i, 1) for i in range(singles)]
+        return times[0], times[1], times[2], statistics.mean(times[3:])
 
-    shallow = 64
-    few, first_single, steady_single = median_times(shallow, small_batch)
-    many, _, _ = median_times(shallow, batch)
-    per_token = (many - few) / (batch - small_batch)
-    _, _, deep_single = median_times(deep, small_batch)
+    # every configuration once per round, so that the machine's drift (seconds to minutes) shifts
+    # all of them together; the reference runs around the rounds give the level
+    before = reference_s_per_token(session, max(1, repeats // 2))
+    rounds = [{depth: timed_calls(depth) for depth in depths} for _ in range(repeats)]
+    reference = (before + reference_s_per_token(session, max(1, repeats // 2))) / 2
+
+    def median(index: int, depth: int, minus: int | None = None) -> float:
+        """Median over the rounds of one timing, less the same timing at depth `minus` in the same round."""
+        return statistics.median(r[depth][index] - (r[minus][index] if minus else 0.0) for r in rounds)
+
+    shallow = min(depths)
+    per_position = median(1, deep, shallow) / (batch * (deep - shallow))  # `batch` tokens, deeper by deep - shallow
+    first_batch = median(1, shallow) - per_position * batch * shallow  # `batch` tokens from position 0
+    calls_from_zero = [d for d in depths if d <= llm.n_batch]  # longer ones are split into n_batch calls
     return {
-        "per_call_s": max(few - small_batch * per_token, 0.0),
-        "per_token_s": per_token,
-        "switch_s": max(first_single - steady_single, 0.0),
-        # attention makes each token dearer the deeper it sits in the context
-        "slope_s_per_token_per_position": max(0.0, (deep_single - steady_single) / (deep - shallow)),
-        "measured_at": shallow,
+        "decode_s_per_token": reference,
+        "decode_depth": len(prompt) + REFERENCE_TOKENS / 2,  # mean position of the timed tokens
+        # what a one-token call costs more at each depth than at the shallowest (at their mean positions)
+        "single_curve": [(d + batch + 2.5, median(3, d, shallow)) for d in depths],
+        "batch_curve": [(batch, first_batch)] + [(d, median(0, d)) for d in calls_from_zero],
+        "batch_depth_s": max(0.0, per_position),
+        "switch_s": max(0.0, statistics.median(r[shallow][2] - r[shallow][3] for r in rounds)),
     }
 
 
-def predicted_seconds(summary: Summary, counters: dict[str, Counters], costs: dict) -> float:
-    """The cost model, per model: each generated token costs one llama-cpp-python decode step
-    (sample + eval, figure 1); each other llama_decode call (prompt, catch-up) costs a + b * tokens;
-    each one-token call right after such a call costs `switch`; and attention adds `slope` per token
-    per position of depth, beyond the depths at which those costs were measured."""
-    total = 0.0
-    for role, totals in (("small", summary.small), ("large", summary.large)):
-        c = costs[role]
-        if totals.prefill_tokens == 0:
-            continue  # never used
-        batch_calls = max(0, totals.decode_calls - totals.tokens) + 1  # + the prompt's call
-        context = totals.context_tokens
-        # every position of the final context was evaluated once: sum of depths = context^2 / 2
-        depth = context * context / 2 - totals.tokens * c["decode_depth"] - totals.prefill_tokens * c["measured_at"]
-        total += (
-            totals.tokens * c["decode_s_per_token"]
-            + batch_calls * c["per_call_s"]
-            + totals.prefill_tokens * c["per_token_s"]
-            + counters[role].single_after_batch * c["switch_s"]
-            + c["slope_s_per_token_per_position"] * depth
-        )
-    return total
+def interpolate(points: list[tuple[float, float]], x: float) -> float:
+    """The piecewise-linear curve through `points` (sorted by x) at x: flat before the first point,
+    the last segment extended past the last."""
+    if x <= points[0][0] or len(points) == 1:
+        return points[0][1]
+    for i in range(1, len(points)):
+        (x0, y0), (x1, y1) = points[i - 1], points[i]
+        if x <= x1 or i == len(points) - 1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def priced_calls(calls: list[Call], costs: dict, speed: dict[str, float] | None = None) -> list[list]:
+    """The cost model, call by call: [model, kind, measured seconds, predicted seconds] per
+    llama_decode call, a sample measured with the call whose logits it reads.
+
+    A one-token call at position p costs llama-cpp-python's own time per generated token
+    (sample + decode) + what a one-token call costs more at p than at the depth that time was
+    measured at (`single_curve`), plus `switch` when the model's previous call was a multi-token
+    one; a multi-token call (prompt, catch-up) of n tokens from position d costs what n tokens
+    from position 0 cost (`batch_curve`) + `batch_depth_s` * n * d. `speed` scales a model's costs (the machine's drift since they were measured:
+    reference time per token now / then)."""
+    priced: list[list] = []
+    last: dict[str, list] = {}  # each model's latest call
+    for call in calls:
+        if call.tokens == 0:
+            if call.model in last:
+                last[call.model][2] += call.seconds
+            continue
+        c = costs[call.model]
+        previous = last.get(call.model)
+        if call.tokens == 1:
+            curve = c["single_curve"]
+            seconds = c["decode_s_per_token"] + interpolate(curve, call.position) - interpolate(curve, c["decode_depth"])
+            kind = "one-token"
+            if previous is not None and previous[1] == "batch":
+                seconds += c["switch_s"]
+                kind = "one-token after batch"
+        else:
+            seconds = interpolate(c["batch_curve"], call.tokens) + c["batch_depth_s"] * call.tokens * call.position
+            kind = "batch"
+        last[call.model] = [call.model, kind, call.seconds, seconds * (speed or {}).get(call.model, 1.0)]
+        priced.append(last[call.model])
+    return priced
+
+
+def predicted_seconds(calls: list[Call], costs: dict, speed: dict[str, float] | None = None) -> float:
+    return sum(p[3] for p in priced_calls(calls, costs, speed))
+
+
+def by_kind(priced: list[list]) -> dict[str, dict]:
+    """Calls, measured and predicted seconds per model and kind of call."""
+    totals: dict[str, dict] = {}
+    for model, kind, measured, predicted in priced:
+        t = totals.setdefault(f"{model} {kind}", {"calls": 0, "measured_s": 0.0, "predicted_s": 0.0})
+        t["calls"] += 1
+        t["measured_s"] += measured
+        t["predicted_s"] += predicted
+    return totals
 
 
 def gsm8k_problems(path: Path, n: int) -> list[str]:
@@ -172,35 +303,51 @@ def threshold_for_rate(pair, small, large, problems, rate: float) -> float:
     return entropies[min(len(entropies) - 1, int(round((1 - rate) * len(entropies))))]
 
 
-def headline(pair, small, large, problems, costs, repeats: int) -> dict:
-    """Figures 2-5 on routed gsm8k runs; each (problem, mode) runs `repeats` times, timed by the median."""
+def headline(pair, small, large, problems, costs, log: CallLog, repeats: int) -> dict:
+    """Figures 2-5 on routed gsm8k runs; each (problem, mode) runs `repeats` times, timed by the median,
+    between two reference runs of each model that rescale its costs to the machine's speed then."""
     threshold = threshold_for_rate(pair, small, large, problems, 0.25)
     settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=threshold)
     measured = {"glimp": 0.0, "large": 0.0}
     ideal = {"glimp": 0.0, "large": 0.0}
-    fits, steps, large_steps, prefill, escalations, runs = [], 0, 0, {}, [], []
+    outside = {"glimp": 0.0, "large": 0.0}
+    fits, steps, large_steps, prefill, escalations, runs = {"glimp": [], "large": []}, 0, 0, {}, [], []
+    sessions = {"small": small, "large": large}
+
+    def speed_now() -> dict[str, float]:
+        """Each model's speed now relative to when its costs were measured (one reference run each)."""
+        return {role: reference_s_per_token(session, 1) / costs[role]["decode_s_per_token"] for role, session in sessions.items()}
+
+    before = speed_now()
     for index, problem in enumerate(problems):
         for mode in ("glimp", "large"):
-            latencies = []
-            for _ in range(repeats):  # greedy: the same run each time, only its timing varies
-                summary = run(problem, small=small, large=large, settings=settings, policy=make_policy(mode))
-                latencies.append(summary.latency_s)
-            latency = statistics.median(latencies)
-            counters = {"small": dataclasses.replace(small.counters), "large": dataclasses.replace(large.counters)}
-            predicted = predicted_seconds(summary, counters, costs)
+            timed = []
+            for _ in range(repeats):  # greedy: the same calls each time, only their timing varies
+                with log.recording() as calls:
+                    summary = run(problem, small=small, large=large, settings=settings, policy=make_policy(mode))
+                timed.append((summary.latency_s, calls))
+            latency, calls = sorted(timed, key=lambda t: t[0])[len(timed) // 2]  # the median run
+            counters = {role: dataclasses.replace(session.counters) for role, session in sessions.items()}
+            contexts = {role: session.context_tokens() for role, session in sessions.items()}
+            after = speed_now()  # the runs are bracketed by reference runs
+            speed, before = {role: (before[role] + after[role]) / 2 for role in sessions}, after
+            priced = priced_calls(calls, costs, speed)
+            predicted = sum(p[3] for p in priced)
             measured[mode] += latency
             ideal[mode] += predicted
+            outside[mode] += latency - inside_seconds(calls)
             runs.append({
                 "problem": index, "mode": mode, "latency_s": latency, "predicted_s": predicted,
+                "outside_s": latency - inside_seconds(calls), "speed": speed, "calls": by_kind(priced),
                 "steps": "".join(s.model[0] for s in summary.steps),
                 **{f"{role}_{name}": getattr(c, name) for role, c in counters.items() for name in vars(c)},
             })
+            fits[mode].append(latency / predicted)
             if mode == "glimp":
-                fits.append(latency / predicted)
                 steps += len(summary.steps)
                 large_steps += sum(s.model == "large" for s in summary.steps)
-                for role, session in (("small", small), ("large", large)):
-                    prefill.setdefault(role, []).append(counters[role].evaluated_tokens / max(1, session.context_tokens()))
+                for role in sessions:
+                    prefill.setdefault(role, []).append(counters[role].evaluated_tokens / max(1, contexts[role]))
                 escalations.append(probe_cost(summary))
     escalated = sum(e[1] for e in escalations)
     return {
@@ -210,8 +357,14 @@ def headline(pair, small, large, problems, costs, repeats: int) -> dict:
         "ideal_ratio": ideal["glimp"] / ideal["large"],
         "glimp_s": measured["glimp"],
         "large_s": measured["large"],
-        "cost_model_fit": max(fits),
-        "cost_model_fit_mean": statistics.mean(fits),
+        "cost_model_fit": max(fits["glimp"]),
+        "cost_model_fit_mean": statistics.mean(fits["glimp"]),
+        # the same fit for the large model's own runs: no routing, so their spread is the machine's
+        "control_fit": max(fits["large"]),
+        "control_fit_mean": statistics.mean(fits["large"]),
+        "outside_share": {mode: outside[mode] / measured[mode] for mode in measured},
+        "speed_range": {role: (min(r["speed"][role] for r in runs), max(r["speed"][role] for r in runs)) for role in ("small", "large")},
+        "outside_ms_per_step": 1e3 * outside["glimp"] / max(1, steps),
         "prefill_ratio": {role: max(v) for role, v in prefill.items()},
         "probe_calls_per_escalation": sum(e[0] for e in escalations) / escalated if escalated else None,
         "escalated_steps": escalated,
@@ -255,13 +408,14 @@ def main() -> int:
     pair = config.pair(args.pair)
     small, large = open_session(config.model(pair.small)), open_session(config.model(pair.large))
     report = {"machine": machine()}
-    report["decode"] = decode_overhead(pair, small, large, args.tokens, max(5, args.repeats))
-    costs = {
-        role: {**call_costs(session, repeats=max(5, args.repeats)), **{k: report["decode"][role][k] for k in ("decode_s_per_token", "decode_depth")}}
-        for role, session in (("small", small), ("large", large))
-    }
-    report["costs"] = costs
-    report["headline"] = headline(pair, small, large, gsm8k_problems(args.data, args.problems), costs, args.repeats)
+    with CallLog({"small": small, "large": large}) as log:
+        report["decode"] = decode_overhead(pair, small, large, log, args.tokens, max(5, args.repeats))
+        costs = {
+            role: call_costs(session, repeats=max(5, args.repeats))
+            for role, session in (("small", small), ("large", large))
+        }
+        report["costs"] = costs
+        report["headline"] = headline(pair, small, large, gsm8k_problems(args.data, args.problems), costs, log, args.repeats)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if args.json:
@@ -284,7 +438,11 @@ def print_report(report: dict) -> None:
         table.add_row(f"2. prefill discipline, {role}: evaluated / context", f"{value:.3f}", "<= 1.02")
     probe = h["probe_calls_per_escalation"]
     table.add_row("3. probe cost: small decode calls per escalated step", "n/a" if probe is None else f"{probe:.3f} ({h['escalated_steps']} escalations)", "1 (0 per delegated)")
-    table.add_row("4. cost-model fit: measured / predicted (worst problem)", f"{h['cost_model_fit']:.3f} (mean {h['cost_model_fit_mean']:.3f})", "<= 1.05")
+    table.add_row(
+        "4. cost-model fit: measured / predicted (worst problem)",
+        f"{h['cost_model_fit']:.3f} (mean {h['cost_model_fit_mean']:.3f}; large-only runs {h['control_fit']:.3f}, mean {h['control_fit_mean']:.3f})",
+        "<= 1.05",
+    )
     table.add_row(
         f"5. glimp / large latency at {h['large_step_share']:.0%} large steps (threshold {h['threshold']:.2f})",
         f"{h['measured_ratio']:.3f} (ideal {h['ideal_ratio']:.3f}; {h['glimp_s']:.1f} s vs {h['large_s']:.1f} s)",
@@ -292,12 +450,22 @@ def print_report(report: dict) -> None:
     )
     console = Console()
     console.print(table)
+    console.print(
+        "time outside llama.cpp's decode and sampler calls (Python): "
+        + ", ".join(f"figure 1 {role}: glimp {d[role]['outside_share']['glimp']:.2%} vs llama-cpp-python {d[role]['outside_share']['llama_cpp']:.2%}" for role in ("small", "large"))
+        + f"; routed runs {h['outside_share']['glimp']:.2%} ({h['outside_ms_per_step']:.2f} ms per step), large-only runs {h['outside_share']['large']:.2%}"
+    )
+    console.print(
+        "machine speed during the headline, relative to when the costs were measured (the costs are rescaled "
+        "per problem): " + ", ".join(f"{role} x{lo:.3f}-{hi:.3f}" for role, (lo, hi) in h["speed_range"].items())
+    )
     for role, c in report["costs"].items():
         console.print(
-            f"costs, {role}: {c['decode_s_per_token'] * 1e3:.3f} ms per generated token; other calls "
-            f"{c['per_call_s'] * 1e3:.3f} ms + {c['per_token_s'] * 1e6:.1f} us per token; "
-            f"first one-token call after them +{c['switch_s'] * 1e3:.3f} ms; "
-            f"+{c['slope_s_per_token_per_position'] * 1e9:.1f} ns per token per position of depth"
+            f"costs, {role}: {c['decode_s_per_token'] * 1e3:.3f} ms per generated token at position {c['decode_depth']:.0f}; "
+            "one-token call " + ", ".join(f"{t * 1e3:+.2f} ms at {p:.0f}" for p, t in c["single_curve"])
+            + "; calls of n tokens from position 0 " + ", ".join(f"{t * 1e3:.1f} ms for {n}" for n, t in c["batch_curve"])
+            + f", +{c['batch_depth_s'] * 1e9:.1f} ns per token per position of depth; "
+            f"first one-token call after them +{c['switch_s'] * 1e3:.3f} ms"
         )
     m = report["machine"]
     console.print(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}, GPU offload compiled in: {m['gpu_offload']}")

@@ -1,26 +1,99 @@
-"""The performance benchmark's arithmetic: the cost model and the probe-cost count."""
+"""The performance benchmark's arithmetic and instruments: the cost model, the probe-cost count,
+and the call log its fit and overhead figures are computed from."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
+import sys
 from pathlib import Path
 
+import llama_cpp  # isort: skip
 import pytest
 
 from glimp_cli.events import ModelTotals, Step, Summary
-from glimp_cli.session import Counters
+from glimp_cli.policy import make_policy
+from glimp_cli.router import run, settings_from_pair
+from glimp_cli.session import Sampling
+
+from conftest import gsm8k_problem
 
 PERF_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "perf.py"
 _spec = importlib.util.spec_from_file_location("glimp_perf", PERF_PATH)
-perf = importlib.util.module_from_spec(_spec)
+perf = sys.modules["glimp_perf"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
 _spec.loader.exec_module(perf)
 
 COSTS = {
-    "small": {"decode_s_per_token": 1.0, "decode_depth": 5, "per_call_s": 0.5, "per_token_s": 0.1, "switch_s": 0.25,
-              "slope_s_per_token_per_position": 0.01, "measured_at": 2},
-    "large": {"decode_s_per_token": 2.0, "decode_depth": 10, "per_call_s": 1.0, "per_token_s": 0.2, "switch_s": 0.5,
-              "slope_s_per_token_per_position": 0.0, "measured_at": 2},
+    # small: one-token calls cost 0.01 s more per position from 0 to 100 (flat before 0);
+    # n tokens from position 0 cost 0.5 + 0.1 * n up to 8 tokens, then 0.3 more per token
+    "small": {"decode_s_per_token": 1.0, "decode_depth": 5, "single_curve": [(0, 0.5), (100, 1.5)], "switch_s": 0.25,
+              "batch_curve": [(2, 0.7), (8, 1.3), (10, 1.9)], "batch_depth_s": 0.001},
+    "large": {"decode_s_per_token": 2.0, "decode_depth": 10, "single_curve": [(64, 0.7)], "switch_s": 0.5,
+              "batch_curve": [(2, 1.4), (4, 1.8)], "batch_depth_s": 0.0},
 }
+Call = perf.Call
+
+
+def test_interpolate_is_flat_before_the_first_point_and_extends_the_last_segment():
+    curve = [(10, 1.0), (20, 3.0), (40, 4.0)]
+    assert [perf.interpolate(curve, x) for x in (0, 10, 15, 20, 30, 40, 60)] == [1.0, 1.0, 2.0, 3.0, 3.5, 4.0, 5.0]
+    assert perf.interpolate([(64, 0.7)], 1000) == 0.7
+
+
+def test_cost_model_prices_each_call_once():
+    calls = [
+        Call("small", 4, 0, 9.0),  # prompt: 0.5 + 4 * 0.1 = 0.9
+        Call("small", 0, -1, 9.0),  # a sample: inside the per-token time
+        Call("small", 1, 4, 9.0),  # 1.0 + 0.01 * (4 - 5) + switch 0.25 = 1.24
+        Call("small", 1, 5, 9.0),  # 1.0 + 0.01 * 0 = 1.0
+        Call("large", 3, 0, 9.0),  # 1.0 + 3 * 0.2 = 1.6
+        Call("large", 1, 3, 9.0),  # 2.0 + switch 0.5 = 2.5 (another model's calls do not reset it)
+        Call("small", 2, 6, 9.0),  # catch-up: 0.5 + 2 * 0.1 + 0.001 * 2 tokens * position 6 = 0.712
+        Call("small", 1, 8, 9.0),  # 1.0 + 0.01 * 3 + 0.25 = 1.28
+    ]
+    assert perf.predicted_seconds(calls, COSTS) == pytest.approx(0.9 + 1.24 + 1.0 + 1.6 + 2.5 + 0.712 + 1.28, rel=1e-12)
+    # past the measured sizes the last segment goes on: 12 tokens from position 0 = 1.9 + 2 * 0.3
+    assert perf.predicted_seconds([Call("small", 12, 0, 1.0)], COSTS) == pytest.approx(2.5, rel=1e-12)
+
+
+def test_each_call_is_measured_with_the_samples_that_read_its_logits():
+    calls = [
+        Call("small", 4, 0, 0.5),
+        Call("small", 0, -1, 0.125),  # reads the prompt's logits
+        Call("large", 3, 0, 2.0),
+        Call("small", 1, 4, 1.0),
+        Call("large", 0, -1, 0.25),  # the large model's, though a small call came after its batch
+        Call("small", 0, -1, 0.125),
+        Call("small", 1, 5, 1.5),
+    ]
+    priced = perf.priced_calls(calls, COSTS)
+    assert [p[:3] for p in priced] == [
+        ["small", "batch", 0.625], ["large", "batch", 2.25], ["small", "one-token after batch", 1.125], ["small", "one-token", 1.5],
+    ]
+    assert [p[3] for p in priced] == pytest.approx([0.9, 1.6, 1.24, 1.0], rel=1e-12)
+    assert perf.by_kind(priced + [["small", "one-token", 0.5, 1.0]]) == {
+        "small batch": {"calls": 1, "measured_s": 0.625, "predicted_s": pytest.approx(0.9)},
+        "large batch": {"calls": 1, "measured_s": 2.25, "predicted_s": pytest.approx(1.6)},
+        "small one-token after batch": {"calls": 1, "measured_s": 1.125, "predicted_s": pytest.approx(1.24)},
+        "small one-token": {"calls": 2, "measured_s": 2.0, "predicted_s": pytest.approx(2.0)},
+    }
+
+
+def test_cost_model_scales_each_model_by_its_speed():
+    calls = [Call("small", 1, 5, 9.0), Call("large", 3, 0, 9.0), Call("small", 1, 6, 9.0)]
+    # small: 1.0 + (1.0 + 0.01) at speed 1.5; large: 1.6 at speed 0.5
+    assert perf.predicted_seconds(calls, COSTS, {"small": 1.5, "large": 0.5}) == pytest.approx(2.01 * 1.5 + 0.8, rel=1e-12)
+    assert perf.predicted_seconds(calls, COSTS, {"small": 1.0}) == pytest.approx(2.01 + 1.6, rel=1e-12)
+
+
+def test_cost_model_ignores_a_model_without_calls():
+    assert perf.predicted_seconds([Call("large", 1, 10, 1.0)], {"large": COSTS["large"]}) == 2.0
+    assert perf.predicted_seconds([], COSTS) == 0.0
+
+
+def test_inside_seconds_adds_every_call():
+    assert perf.inside_seconds([Call("small", 1, 0, 0.25), Call("small", 0, -1, 0.5)]) == 0.75
 
 
 def step(model: str, tokens: int, finish: str = "delimiter") -> Step:
@@ -30,23 +103,6 @@ def step(model: str, tokens: int, finish: str = "delimiter") -> Step:
 def summary(small: ModelTotals, large: ModelTotals, steps: tuple[Step, ...] = ()) -> Summary:
     return Summary(answer="", answer_model="large", finish_reason="eos", steps=steps, large_step_rate=0.0,
                    small=small, large=large, latency_s=1.0, mode="glimp", threshold=1.0)
-
-
-def test_cost_model_adds_each_term_once():
-    small = ModelTotals(steps=2, tokens=10, prefill_tokens=20, decode_calls=12, context_tokens=30)
-    large = ModelTotals(steps=1, tokens=4, prefill_tokens=6, decode_calls=5, context_tokens=10)
-    counters = {"small": Counters(single_after_batch=2), "large": Counters(single_after_batch=1)}
-    # small: 10 tokens * 1.0 + 3 calls (prompt + 2 catch-ups) * 0.5 + 20 prefill * 0.1 + 2 switches * 0.25
-    #        + 0.01 * (30^2 / 2 - 10 * 5 - 20 * 2) = 10 + 1.5 + 2 + 0.5 + 3.6
-    # large: 4 * 2.0 + 2 calls * 1.0 + 6 * 0.2 + 1 * 0.5 (no depth term) = 8 + 2 + 1.2 + 0.5
-    assert perf.predicted_seconds(summary(small, large), counters, COSTS) == pytest.approx(17.6 + 11.7, rel=1e-12)
-
-
-def test_cost_model_skips_a_model_the_run_never_used():
-    small = ModelTotals(steps=0, tokens=0, prefill_tokens=0, decode_calls=0, context_tokens=0)
-    large = ModelTotals(steps=1, tokens=4, prefill_tokens=6, decode_calls=5, context_tokens=10)
-    counters = {"small": Counters(), "large": Counters(single_after_batch=1)}
-    assert perf.predicted_seconds(summary(small, large), counters, COSTS) == pytest.approx(11.7, rel=1e-12)
 
 
 def test_probe_cost_counts_escalations_followed_by_a_probe():
@@ -59,3 +115,28 @@ def test_probe_cost_counts_escalations_followed_by_a_probe():
     steps = (step("small", 5), step("large", 4), step("small", 3))
     pending = ModelTotals(steps=2, tokens=8, prefill_tokens=50, decode_calls=8, context_tokens=80)
     assert perf.probe_cost(summary(pending, large, steps)) == (1, 1)
+
+
+def test_call_log_sees_every_decode_of_a_routed_run_and_who_made_it(demo_pair):
+    """The log the fit is computed from agrees with the sessions' own counters, call by call."""
+    pair, small, large = demo_pair
+    original = llama_cpp.llama_decode, llama_cpp.llama_sampler_sample
+    settings = dataclasses.replace(settings_from_pair(pair, sampling=Sampling(temperature=0.0)), threshold=math.inf)
+    with perf.CallLog({"small": small, "large": large}) as log:
+        with log.recording() as calls:
+            summary = run(gsm8k_problem(0), small=small, large=large, settings=settings, policy=make_policy("glimp"))
+        evaluated = {"small": small.counters.evaluated_tokens, "large": large.counters.evaluated_tokens}
+        run(gsm8k_problem(0), small=small, large=large, settings=settings, policy=make_policy("large"))  # not recording
+    assert (llama_cpp.llama_decode, llama_cpp.llama_sampler_sample) == original
+    assert (llama_cpp.llama_cpp.llama_decode, llama_cpp.llama_cpp.llama_sampler_sample) == original
+    assert summary.small.steps > 0 and summary.large.tokens > 0
+    for role, totals in (("small", summary.small), ("large", summary.large)):
+        decodes = [c for c in calls if c.model == role and c.tokens > 0]
+        assert len(decodes) == totals.decode_calls + 1  # + the prompt's
+        assert sum(c.tokens for c in decodes) == evaluated[role]
+        # every step delegated: each call starts where the previous one ended, from position 0
+        assert [c.position for c in decodes] == [sum(d.tokens for d in decodes[:i]) for i in range(len(decodes))]
+    assert all(c.seconds > 0 for c in calls)
+    samples = [c for c in calls if c.tokens == 0]
+    assert {c.model for c in samples} == {"small", "large"}
+    assert len(calls) == len(samples) + summary.small.decode_calls + summary.large.decode_calls + 2
