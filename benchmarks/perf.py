@@ -239,52 +239,58 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float:
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def priced_calls(calls: list[Call], costs: dict, speed: dict[str, float] | None = None) -> list[list]:
-    """The cost model, call by call: [model, kind, measured seconds, predicted seconds] per
-    llama_decode call, a sample measured with the call whose logits it reads.
+@dataclasses.dataclass
+class Priced:
+    """One llama_decode call, measured (with the samples that read its logits) and predicted."""
 
-    A one-token call at position p costs llama-cpp-python's own time per generated token
-    (sample + decode) + what a one-token call costs more at p than at the depth that time was
-    measured at (`single_curve`), plus `switch` when the model's previous call was a multi-token
-    one; a multi-token call (prompt, catch-up) of n tokens from position d costs what n tokens
-    from position 0 cost (`batch_curve`) + `batch_depth_s` * n * d. `speed` scales a model's costs (the machine's drift since they were measured:
-    reference time per token now / then)."""
-    priced: list[list] = []
-    last: dict[str, list] = {}  # each model's latest call
+    model: str
+    kind: str  # "batch" | "one-token" | "one-token after batch"
+    measured_s: float
+    predicted_s: float
+
+
+def priced_calls(calls: list[Call], costs: dict, speed: dict[str, float] | None = None) -> list[Priced]:
+    """The cost model, call by call. A one-token call at position p costs llama-cpp-python's own
+    time per generated token (sample + decode) + what a one-token call costs more at p than at the
+    depth that time was measured at (`single_curve`), plus `switch` when the model's previous call
+    was a multi-token one; a multi-token call (prompt, catch-up) of n tokens from position d costs
+    what n tokens from position 0 cost (`batch_curve`) + `batch_depth_s` * n * d. `speed` scales a
+    model's costs (the machine's drift since they were measured: reference time per token now / then)."""
+    priced: list[Priced] = []
+    last: dict[str, Priced] = {}  # each model's latest call
     for call in calls:
         if call.tokens == 0:
             if call.model in last:
-                last[call.model][2] += call.seconds
+                last[call.model].measured_s += call.seconds
             continue
         c = costs[call.model]
-        previous = last.get(call.model)
         if call.tokens == 1:
             curve = c["single_curve"]
             seconds = c["decode_s_per_token"] + interpolate(curve, call.position) - interpolate(curve, c["decode_depth"])
             kind = "one-token"
-            if previous is not None and previous[1] == "batch":
+            if call.model in last and last[call.model].kind == "batch":
                 seconds += c["switch_s"]
                 kind = "one-token after batch"
         else:
             seconds = interpolate(c["batch_curve"], call.tokens) + c["batch_depth_s"] * call.tokens * call.position
             kind = "batch"
-        last[call.model] = [call.model, kind, call.seconds, seconds * (speed or {}).get(call.model, 1.0)]
+        last[call.model] = Priced(call.model, kind, call.seconds, seconds * (speed or {}).get(call.model, 1.0))
         priced.append(last[call.model])
     return priced
 
 
 def predicted_seconds(calls: list[Call], costs: dict, speed: dict[str, float] | None = None) -> float:
-    return sum(p[3] for p in priced_calls(calls, costs, speed))
+    return sum(p.predicted_s for p in priced_calls(calls, costs, speed))
 
 
-def by_kind(priced: list[list]) -> dict[str, dict]:
+def by_kind(priced: list[Priced]) -> dict[str, dict]:
     """Calls, measured and predicted seconds per model and kind of call."""
     totals: dict[str, dict] = {}
-    for model, kind, measured, predicted in priced:
-        t = totals.setdefault(f"{model} {kind}", {"calls": 0, "measured_s": 0.0, "predicted_s": 0.0})
+    for p in priced:
+        t = totals.setdefault(f"{p.model} {p.kind}", {"calls": 0, "measured_s": 0.0, "predicted_s": 0.0})
         t["calls"] += 1
-        t["measured_s"] += measured
-        t["predicted_s"] += predicted
+        t["measured_s"] += p.measured_s
+        t["predicted_s"] += p.predicted_s
     return totals
 
 
@@ -332,13 +338,13 @@ def headline(pair, small, large, problems, costs, log: CallLog, repeats: int) ->
             after = speed_now()  # the runs are bracketed by reference runs
             speed, before = {role: (before[role] + after[role]) / 2 for role in sessions}, after
             priced = priced_calls(calls, costs, speed)
-            predicted = sum(p[3] for p in priced)
+            predicted, outside_s = sum(p.predicted_s for p in priced), latency - inside_seconds(calls)
             measured[mode] += latency
             ideal[mode] += predicted
-            outside[mode] += latency - inside_seconds(calls)
+            outside[mode] += outside_s
             runs.append({
                 "problem": index, "mode": mode, "latency_s": latency, "predicted_s": predicted,
-                "outside_s": latency - inside_seconds(calls), "speed": speed, "calls": by_kind(priced),
+                "outside_s": outside_s, "speed": speed, "calls": by_kind(priced),
                 "steps": "".join(s.model[0] for s in summary.steps),
                 **{f"{role}_{name}": getattr(c, name) for role, c in counters.items() for name in vars(c)},
             })

@@ -68,11 +68,11 @@ def test_each_call_is_measured_with_the_samples_that_read_its_logits():
         Call("small", 1, 5, 1.5),
     ]
     priced = perf.priced_calls(calls, COSTS)
-    assert [p[:3] for p in priced] == [
-        ["small", "batch", 0.625], ["large", "batch", 2.25], ["small", "one-token after batch", 1.125], ["small", "one-token", 1.5],
+    assert [(p.model, p.kind, p.measured_s) for p in priced] == [
+        ("small", "batch", 0.625), ("large", "batch", 2.25), ("small", "one-token after batch", 1.125), ("small", "one-token", 1.5),
     ]
-    assert [p[3] for p in priced] == pytest.approx([0.9, 1.6, 1.24, 1.0], rel=1e-12)
-    assert perf.by_kind(priced + [["small", "one-token", 0.5, 1.0]]) == {
+    assert [p.predicted_s for p in priced] == pytest.approx([0.9, 1.6, 1.24, 1.0], rel=1e-12)
+    assert perf.by_kind(priced + [perf.Priced("small", "one-token", 0.5, 1.0)]) == {
         "small batch": {"calls": 1, "measured_s": 0.625, "predicted_s": pytest.approx(0.9)},
         "large batch": {"calls": 1, "measured_s": 2.25, "predicted_s": pytest.approx(1.6)},
         "small one-token after batch": {"calls": 1, "measured_s": 1.125, "predicted_s": pytest.approx(1.24)},
