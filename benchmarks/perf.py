@@ -405,7 +405,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=PACKAGED_CONFIG, help="models.yaml with the pair to measure")
     parser.add_argument("--pair", default="demo", help="pair name in the config")
     parser.add_argument("--data", type=Path, default=GSM8K, help="gsm8k-style JSONL for the headline figure")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per measurement; figures use the median (5 at least for figure 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per measurement; figures use the median (5 at least for figure 1 and the call costs)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args()
