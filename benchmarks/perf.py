@@ -38,31 +38,37 @@ GREEDY = Sampling(temperature=0.0, seed=0)
 
 @dataclasses.dataclass(frozen=True)
 class Call:
-    """One timed llama.cpp call: a llama_decode of `tokens` tokens from `position`, or a sample (tokens=0)."""
+    """One timed llama.cpp call: a llama_decode of `tokens` tokens from `position`, or a read of
+    its results (a sample or the logits: tokens=0)."""
 
     model: str
     tokens: int
     position: int
     seconds: float
+    function: str = "llama_decode"
 
 
 class CallLog:
-    """Times every llama_decode and sampler call while installed (`with CallLog(...) as log:`) and recording.
+    """Times every llama_decode call, and every call that reads its results, while installed
+    (`with CallLog(...) as log:`) and recording.
 
-    glimp's loop and llama-cpp-python's own both reach llama.cpp through these two functions, so
-    both are timed the same way (the wrapper costs about a microsecond a call). What a run spends
-    outside them is Python: the routing, tokenizing, events, and llama-cpp-python's own loop.
+    glimp's loop and llama-cpp-python's own both reach llama.cpp through these functions, so both
+    are timed the same way (the wrapper costs about a microsecond a call). On a GPU llama_decode
+    returns before the work is done and the first read waits for it, so the reads count as
+    llama.cpp's time too. What a run spends outside them is Python: the routing, tokenizing,
+    events, and llama-cpp-python's own loop.
     """
 
     MODULES = (llama_cpp, llama_cpp.llama_cpp)  # glimp calls the first, llama-cpp-python the second
+    READS = {"llama_sampler_sample": 1, "llama_get_logits": 0, "llama_get_logits_ith": 0}  # where ctx is
 
     def __init__(self, sessions: dict) -> None:
         self._models = {_address(s._llm.ctx): role for role, s in sessions.items()}
         self._calls: list[Call] | None = None
-        self._originals = (llama_cpp.llama_decode, llama_cpp.llama_sampler_sample)
+        self._originals = {name: getattr(llama_cpp, name) for name in ("llama_decode", *self.READS)}
 
     def __enter__(self) -> CallLog:
-        decode, sample = self._originals
+        decode = self._originals["llama_decode"]
 
         def timed_decode(ctx, batch):
             started = time.perf_counter()
@@ -71,20 +77,28 @@ class CallLog:
                 self._calls.append(Call(self._models[_address(ctx)], batch.n_tokens, batch.pos[0], time.perf_counter() - started))
             return code
 
-        def timed_sample(sampler, ctx, index):
-            started = time.perf_counter()
-            token = sample(sampler, ctx, index)
-            if self._calls is not None:
-                self._calls.append(Call(self._models[_address(ctx)], 0, -1, time.perf_counter() - started))
-            return token
+        def timed_read(name: str, ctx_at: int):
+            read = self._originals[name]
 
+            def timed(*args):
+                started = time.perf_counter()
+                result = read(*args)
+                if self._calls is not None:
+                    self._calls.append(Call(self._models[_address(args[ctx_at])], 0, -1, time.perf_counter() - started, name))
+                return result
+
+            return timed
+
+        wrappers = {"llama_decode": timed_decode, **{name: timed_read(name, at) for name, at in self.READS.items()}}
         for module in self.MODULES:
-            module.llama_decode, module.llama_sampler_sample = timed_decode, timed_sample
+            for name, wrapper in wrappers.items():
+                setattr(module, name, wrapper)
         return self
 
     def __exit__(self, *exc) -> None:
         for module in self.MODULES:
-            module.llama_decode, module.llama_sampler_sample = self._originals
+            for name, original in self._originals.items():
+                setattr(module, name, original)
 
     @contextlib.contextmanager
     def recording(self):
@@ -119,24 +133,39 @@ def timed_route(problem, small, large, settings, policy) -> tuple[Summary, float
 
 def llama_alone(session, problem: str, n_tokens: int) -> tuple[float, float]:
     """llama-cpp-python's own greedy loop from the problem's text, as glimp's starts:
-    (seconds for prompt + n_tokens, seconds per token after the first)."""
+    (seconds for prompt + n_tokens, seconds per token once past the first AFTER_BATCH one-token
+    calls after the prompt, which cost more on a GPU)."""
     llm = session._llm
     llm.reset()
     started = time.perf_counter()
     prompt = session.prompt_tokens(problem)
-    first = started
+    steady_from = started
     generated = 0
     for _ in llm.generate(prompt, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
         generated += 1
-        if generated == 1:
-            first = time.perf_counter()
+        if generated == AFTER_BATCH + 1:  # its decode is the first steady one
+            steady_from = time.perf_counter()
         if generated >= n_tokens:
             break
     ended = time.perf_counter()
-    return ended - started, (ended - first) / max(1, generated - 1)
+    return ended - started, (ended - steady_from) / max(1, generated - AFTER_BATCH - 1)
 
 
 REFERENCE_TOKENS = 32
+# The first one-token calls after a multi-token call cost more on a CUDA build: the first runs
+# without a CUDA graph, the second captures one (measured on an H100: +1.6 and +1.5 ms on a
+# 1.2 ms call), the third is a little slower still. They are priced one by one.
+AFTER_BATCH = 3
+# llama.cpp pads the part of the KV cache it attends over to a multiple of 256 cells (get_n_kv in
+# llama-kv-cache.cpp), so the graph changes at positions 256, 512, ...: a CUDA build runs the
+# call at such a position without its graph and captures a new one at the next.
+KV_STEP = 256
+
+
+def kv_cells(position: int | float) -> int:
+    """The KV cells a call at `position` attends over: its depth, as llama.cpp pads it. Attention
+    costs per cell, masked or not, so a one-token call costs the same anywhere inside a step."""
+    return KV_STEP * (int(position) // KV_STEP + 1)
 
 
 def reference_s_per_token(session, repeats: int) -> float:
@@ -145,6 +174,26 @@ def reference_s_per_token(session, repeats: int) -> float:
     minute on the 2-core VM this was written on), so every cost is stored at one reference speed
     and rescaled to the speed measured around the runs it predicts."""
     return statistics.median(llama_alone(session, PROMPT, REFERENCE_TOKENS)[1] for _ in range(repeats))
+
+
+def reference_batch_s(session, repeats: int) -> float:
+    """Seconds for the reference prompt in one multi-token call from position 0, with the sample
+    that reads its logits (median): the level of multi-token calls right now, which drifts apart
+    from that of one-token calls (compute against memory bandwidth)."""
+    llm = session._llm
+    tokens = session.prompt_tokens(PROMPT)
+    greedy = llama_cpp.llama_sampler_init_greedy()
+    try:
+        times = []
+        for _ in range(repeats):
+            llm.n_tokens = 0
+            started = time.perf_counter()
+            llm.eval(tokens)
+            llama_cpp.llama_sampler_sample(greedy, llm.ctx, -1)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+    finally:
+        llama_cpp.llama_sampler_free(greedy)
 
 
 def decode_overhead(pair, small, large, log: CallLog, n_tokens: int, repeats: int) -> dict:
@@ -179,52 +228,78 @@ def decode_overhead(pair, small, large, log: CallLog, n_tokens: int, repeats: in
 
 def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...] = (64, 256, 512, 1024)) -> dict:
     """Costs for one model, measured together (medians over `repeats` rounds). A generated token
-    costs llama-cpp-python's own time per token (its loop, as in figure 1, over a short run) at the
-    depth it was measured at, plus what a one-token llama_decode costs more at the token's own
-    depth (`single_curve`: attention over a longer context). A multi-token call of n tokens from
-    position d costs what a call of n tokens from position 0 costs (`batch_curve`, the prompt-like
-    calls of each round) + `batch_depth_s` * n * d. The first one-token call after a multi-token
-    call costs `switch` more than the ones after it (a CUDA build rebuilds its graph)."""
+    costs llama-cpp-python's own time per token (its loop, as in figure 1, over a short run, once
+    past the calls that follow the prompt) at the depth it was measured at, plus what a steady
+    one-token llama_decode costs more at the token's own depth (`single_curve`, over the KV cells
+    attended: attention over a longer context). The first AFTER_BATCH one-token calls after a multi-token call cost
+    `after_batch_s` more, one by one, and the two calls at each KV step `kv_step_s` more (a CUDA
+    build runs them without its graph, then captures it). A multi-token call of n tokens from
+    position d, with the sample that reads its logits, costs what such a call of n tokens from
+    position 0 costs (`batch_curve`: each round's prompt-like calls, and a `batch`-token catch-up
+    after one-token calls) + `batch_depth_s` * n * d."""
     llm = session._llm
     prompt = session.prompt_tokens(PROMPT)
     deep = max(depths)
-    tokens = (prompt * (deep // len(prompt) + 3))[: deep + batch + 8]
+    singles = AFTER_BATCH + 5
+    tokens = (prompt * (max(deep, KV_STEP) // len(prompt) + 3))[: max(deep, KV_STEP) + batch + singles + 8]
+    greedy = llama_cpp.llama_sampler_init_greedy()
 
     def timed_eval(at: int, n: int) -> float:
         started = time.perf_counter()
         llm.eval(tokens[at : at + n])
+        if n > 1:  # a multi-token call is priced with the sample that reads its logits
+            llama_cpp.llama_sampler_sample(greedy, llm.ctx, -1)
         llama_cpp.llama_synchronize(llm.ctx)  # decode is asynchronous on a GPU
         return time.perf_counter() - started
 
-    def timed_calls(depth: int, singles: int = 5) -> tuple[float, float, float, float]:
-        """(`depth` tokens from position 0, `batch` tokens after them, the one token after those,
-        the mean of the next ones)."""
+    def timed_calls(depth: int) -> tuple[float, float, list[float], float]:
+        """(`depth` tokens from position 0, a `batch`-token catch-up after the one-token calls that
+        follow them, the first AFTER_BATCH of those less a steady one, the mean of the steady ones)."""
         llm.n_tokens = 0
-        times = [timed_eval(0, depth), timed_eval(depth, batch)] + [timed_eval(depth + batch + i, 1) for i in range(singles)]
-        return times[0], times[1], times[2], statistics.mean(times[3:])
+        first = timed_eval(0, depth)
+        times = [timed_eval(depth + i, 1) for i in range(singles)]
+        steady = statistics.mean(times[AFTER_BATCH:])
+        return first, timed_eval(depth + singles, batch), [t - steady for t in times[:AFTER_BATCH]], steady
+
+    def timed_kv_step() -> list[float]:
+        """What the one-token calls at KV_STEP and the one after it cost more than steady ones."""
+        first = KV_STEP - AFTER_BATCH - 1  # the calls after the batch, then one steady call before the step
+        llm.n_tokens = 0
+        timed_eval(0, first)
+        times = {p: timed_eval(p, 1) for p in range(first, KV_STEP + 6)}
+        steady = statistics.mean(t for p, t in times.items() if p == KV_STEP - 1 or p >= KV_STEP + 2)
+        return [times[KV_STEP] - steady, times[KV_STEP + 1] - steady]
 
     # every configuration once per round, so that the machine's drift (seconds to minutes) shifts
     # all of them together; the reference runs around the rounds give the level
-    before = reference_s_per_token(session, max(1, repeats // 2))
-    rounds = [{depth: timed_calls(depth) for depth in depths} for _ in range(repeats)]
-    reference = (before + reference_s_per_token(session, max(1, repeats // 2))) / 2
+    try:
+        before = reference_s_per_token(session, max(1, repeats // 2)), reference_batch_s(session, max(1, repeats // 2))
+        rounds = [({depth: timed_calls(depth) for depth in depths}, timed_kv_step()) for _ in range(repeats)]
+        after = reference_s_per_token(session, max(1, repeats // 2)), reference_batch_s(session, max(1, repeats // 2))
+    finally:
+        llama_cpp.llama_sampler_free(greedy)
 
     def median(index: int, depth: int, minus: int | None = None) -> float:
         """Median over the rounds of one timing, less the same timing at depth `minus` in the same round."""
-        return statistics.median(r[depth][index] - (r[minus][index] if minus else 0.0) for r in rounds)
+        return statistics.median(r[depth][index] - (r[minus][index] if minus else 0.0) for r, _ in rounds)
 
     shallow = min(depths)
     per_position = median(1, deep, shallow) / (batch * (deep - shallow))  # `batch` tokens, deeper by deep - shallow
-    first_batch = median(1, shallow) - per_position * batch * shallow  # `batch` tokens from position 0
+    first_batch = median(1, shallow) - per_position * batch * (shallow + singles)  # `batch` tokens from position 0
     calls_from_zero = [d for d in depths if d <= llm.n_batch]  # longer ones are split into n_batch calls
+    steady_at = AFTER_BATCH + (singles - AFTER_BATCH - 1) / 2  # mean offset of the steady calls
     return {
-        "decode_s_per_token": reference,
-        "decode_depth": len(prompt) + REFERENCE_TOKENS / 2,  # mean position of the timed tokens
-        # what a one-token call costs more at each depth than at the shallowest (at their mean positions)
-        "single_curve": [(d + batch + 2.5, median(3, d, shallow)) for d in depths],
-        "batch_curve": [(batch, first_batch)] + [(d, median(0, d)) for d in calls_from_zero],
+        "decode_s_per_token": (before[0] + after[0]) / 2,
+        "batch_reference_s": (before[1] + after[1]) / 2,  # the level the batch costs were measured at
+        # mean position of the reference run's timed (steady) decodes
+        "decode_depth": len(prompt) + AFTER_BATCH + (REFERENCE_TOKENS - AFTER_BATCH - 2) / 2,
+        # what a steady one-token call costs more at each depth than at the shallowest
+        "single_curve": [(kv_cells(d + steady_at), median(3, d, shallow)) for d in depths],
+        "batch_curve": sorted([(batch, first_batch)] + [(d, median(0, d)) for d in calls_from_zero]),
         "batch_depth_s": max(0.0, per_position),
-        "switch_s": max(0.0, statistics.median(r[shallow][2] - r[shallow][3] for r in rounds)),
+        # over every depth of every round: where the batch ended does not matter
+        "after_batch_s": [statistics.median(r[d][2][k] for r, _ in rounds for d in depths) for k in range(AFTER_BATCH)],
+        "kv_step_s": [statistics.median(step[k] for _, step in rounds) for k in range(2)],
     }
 
 
@@ -251,13 +326,17 @@ class Priced:
 
 def priced_calls(calls: list[Call], costs: dict, speed: dict[str, float] | None = None) -> list[Priced]:
     """The cost model, call by call. A one-token call at position p costs llama-cpp-python's own
-    time per generated token (sample + decode) + what a one-token call costs more at p than at the
-    depth that time was measured at (`single_curve`), plus `switch` when the model's previous call
-    was a multi-token one; a multi-token call (prompt, catch-up) of n tokens from position d costs
-    what n tokens from position 0 cost (`batch_curve`) + `batch_depth_s` * n * d. `speed` scales a
-    model's costs (the machine's drift since they were measured: reference time per token now / then)."""
+    steady time per generated token (sample + decode) + what a one-token call costs more at p than
+    at the depth that time was measured at (`single_curve`, by KV cells attended); the k-th one-token call after one of
+    the model's multi-token calls costs `after_batch_s[k - 1]` more, and after those, a call at a KV
+    step (position KV_STEP * m + i) `kv_step_s[i]` more. A multi-token call (prompt, catch-up) of n
+    tokens from position d costs what n tokens from position 0 cost (`batch_curve`) +
+    `batch_depth_s` * n * d. `speed` scales a model's costs (the machine's drift since they were
+    measured: reference time now / then): `speed[model]` its one-token calls, and
+    `speed[model + " batch"]` (where given) its multi-token calls."""
     priced: list[Priced] = []
     last: dict[str, Priced] = {}  # each model's latest call
+    since_batch: dict[str, int] = {}  # one-token calls since each model's latest multi-token call
     for call in calls:
         if call.tokens == 0:
             if call.model in last:
@@ -265,16 +344,23 @@ def priced_calls(calls: list[Call], costs: dict, speed: dict[str, float] | None 
             continue
         c = costs[call.model]
         if call.tokens == 1:
-            curve = c["single_curve"]
-            seconds = c["decode_s_per_token"] + interpolate(curve, call.position) - interpolate(curve, c["decode_depth"])
+            curve, after, step = c["single_curve"], c["after_batch_s"], c["kv_step_s"]
+            seconds = c["decode_s_per_token"] + interpolate(curve, kv_cells(call.position)) - interpolate(curve, kv_cells(c["decode_depth"]))
+            k = since_batch[call.model] = since_batch.get(call.model, len(after)) + 1
             kind = "one-token"
-            if call.model in last and last[call.model].kind == "batch":
-                seconds += c["switch_s"]
+            if k <= len(after):
+                seconds += after[k - 1]
                 kind = "one-token after batch"
+            elif call.position >= KV_STEP and call.position % KV_STEP < len(step):
+                seconds += step[call.position % KV_STEP]
+                kind = "one-token at KV step"
         else:
             seconds = interpolate(c["batch_curve"], call.tokens) + c["batch_depth_s"] * call.tokens * call.position
             kind = "batch"
-        last[call.model] = Priced(call.model, kind, call.seconds, seconds * (speed or {}).get(call.model, 1.0))
+            since_batch[call.model] = 0
+        scale = speed or {}
+        factor = scale.get(f"{call.model} batch" if kind == "batch" else call.model, scale.get(call.model, 1.0))
+        last[call.model] = Priced(call.model, kind, call.seconds, seconds * factor)
         priced.append(last[call.model])
     return priced
 
@@ -309,9 +395,18 @@ def threshold_for_rate(pair, small, large, problems, rate: float) -> float:
     return entropies[min(len(entropies) - 1, int(round((1 - rate) * len(entropies))))]
 
 
+_STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One line on stderr per part of the benchmark, with the seconds since it started."""
+    print(f"[{time.perf_counter() - _STARTED:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+
 def headline(pair, small, large, problems, costs, log: CallLog, repeats: int) -> dict:
     """Figures 2-5 on routed gsm8k runs; each (problem, mode) runs `repeats` times, timed by the median,
     between two reference runs of each model that rescale its costs to the machine's speed then."""
+    progress("figure 5: finding the threshold that sends ~25% of steps to the large model")
     threshold = threshold_for_rate(pair, small, large, problems, 0.25)
     settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=threshold)
     measured = {"glimp": 0.0, "large": 0.0}
@@ -321,11 +416,17 @@ def headline(pair, small, large, problems, costs, log: CallLog, repeats: int) ->
     sessions = {"small": small, "large": large}
 
     def speed_now() -> dict[str, float]:
-        """Each model's speed now relative to when its costs were measured (one reference run each)."""
-        return {role: reference_s_per_token(session, 1) / costs[role]["decode_s_per_token"] for role, session in sessions.items()}
+        """Each model's speed now relative to when its costs were measured (medians of 3 reference
+        runs each), for its one-token calls ("small") and its multi-token calls ("small batch")."""
+        speed = {}
+        for role, session in sessions.items():
+            speed[role] = reference_s_per_token(session, 3) / costs[role]["decode_s_per_token"]
+            speed[f"{role} batch"] = reference_batch_s(session, 3) / costs[role]["batch_reference_s"]
+        return speed
 
     before = speed_now()
     for index, problem in enumerate(problems):
+        progress(f"figures 2-5: problem {index + 1}/{len(problems)}")
         for mode in ("glimp", "large"):
             timed = []
             for _ in range(repeats):  # greedy: the same calls each time, only their timing varies
@@ -336,7 +437,7 @@ def headline(pair, small, large, problems, costs, log: CallLog, repeats: int) ->
             counters = {role: dataclasses.replace(session.counters) for role, session in sessions.items()}
             contexts = {role: session.context_tokens() for role, session in sessions.items()}
             after = speed_now()  # the runs are bracketed by reference runs
-            speed, before = {role: (before[role] + after[role]) / 2 for role in sessions}, after
+            speed, before = {key: (before[key] + after[key]) / 2 for key in before}, after
             priced = priced_calls(calls, costs, speed)
             predicted, outside_s = sum(p.predicted_s for p in priced), latency - inside_seconds(calls)
             measured[mode] += latency
@@ -345,6 +446,9 @@ def headline(pair, small, large, problems, costs, log: CallLog, repeats: int) ->
             runs.append({
                 "problem": index, "mode": mode, "latency_s": latency, "predicted_s": predicted,
                 "outside_s": outside_s, "speed": speed, "calls": by_kind(priced),
+                # every decode with the reads of its results, for analysis after the fact:
+                # [model, tokens, position, measured s]
+                "call_list": [[c.model, c.tokens, c.position, round(p.measured_s, 7)] for c, p in zip((c for c in calls if c.tokens > 0), priced)],
                 "steps": "".join(s.model[0] for s in summary.steps),
                 **{f"{role}_{name}": getattr(c, name) for role, c in counters.items() for name in vars(c)},
             })
@@ -369,7 +473,7 @@ def headline(pair, small, large, problems, costs, log: CallLog, repeats: int) ->
         "control_fit": max(fits["large"]),
         "control_fit_mean": statistics.mean(fits["large"]),
         "outside_share": {mode: outside[mode] / measured[mode] for mode in measured},
-        "speed_range": {role: (min(r["speed"][role] for r in runs), max(r["speed"][role] for r in runs)) for role in ("small", "large")},
+        "speed_range": {key: (min(r["speed"][key] for r in runs), max(r["speed"][key] for r in runs)) for key in before},
         "outside_ms_per_step": 1e3 * outside["glimp"] / max(1, steps),
         "prefill_ratio": {role: max(v) for role, v in prefill.items()},
         "probe_calls_per_escalation": sum(e[0] for e in escalations) / escalated if escalated else None,
@@ -414,16 +518,24 @@ def main() -> int:
     pair = config.pair(args.pair)
     small, large = open_session(config.model(pair.small)), open_session(config.model(pair.large))
     report = {"machine": machine()}
+
+    def save() -> None:  # after each part, so that an interrupted run keeps what it measured
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
     with CallLog({"small": small, "large": large}) as log:
+        progress("figure 1: decode loops")
         report["decode"] = decode_overhead(pair, small, large, log, args.tokens, max(5, args.repeats))
+        save()
+        progress("call costs of each model")
         costs = {
             role: call_costs(session, repeats=max(5, args.repeats))
             for role, session in (("small", small), ("large", large))
         }
         report["costs"] = costs
+        save()
         report["headline"] = headline(pair, small, large, gsm8k_problems(args.data, args.problems), costs, log, args.repeats)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    save()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -468,10 +580,11 @@ def print_report(report: dict) -> None:
     for role, c in report["costs"].items():
         console.print(
             f"costs, {role}: {c['decode_s_per_token'] * 1e3:.3f} ms per generated token at position {c['decode_depth']:.0f}; "
-            "one-token call " + ", ".join(f"{t * 1e3:+.2f} ms at {p:.0f}" for p, t in c["single_curve"])
+            "one-token call " + ", ".join(f"{t * 1e3:+.2f} ms over {p:.0f} KV cells" for p, t in c["single_curve"])
             + "; calls of n tokens from position 0 " + ", ".join(f"{t * 1e3:.1f} ms for {n}" for n, t in c["batch_curve"])
             + f", +{c['batch_depth_s'] * 1e9:.1f} ns per token per position of depth; "
-            f"first one-token call after them +{c['switch_s'] * 1e3:.3f} ms"
+            "first one-token calls after them " + ", ".join(f"{t * 1e3:+.2f}" for t in c["after_batch_s"]) + " ms; "
+            f"at each {KV_STEP}-cell KV step " + ", ".join(f"{t * 1e3:+.2f}" for t in c["kv_step_s"]) + " ms"
         )
     m = report["machine"]
     console.print(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}, GPU offload compiled in: {m['gpu_offload']}")
