@@ -153,7 +153,7 @@ def llama_alone(session, problem: str, n_tokens: int) -> tuple[float, float]:
 
 REFERENCE_TOKENS = 32
 # The first one-token calls after a multi-token call cost more on a CUDA build: the first runs
-# without a CUDA graph, the second captures one (measured on an H100: +1.6 and +1.5 ms on a
+# without a CUDA graph, the second captures one (measured on an H100: +1.75 and +1.5 ms on a
 # 1.2 ms call), the third is a little slower still. They are priced one by one.
 AFTER_BATCH = 3
 # llama.cpp pads the part of the KV cache it attends over to a multiple of 256 cells (get_n_kv in
@@ -179,7 +179,7 @@ def reference_s_per_token(session, repeats: int) -> float:
 def reference_batch_s(session, repeats: int) -> float:
     """Seconds for the reference prompt in one multi-token call from position 0, with the sample
     that reads its logits (median): the level of multi-token calls right now, which drifts apart
-    from that of one-token calls (compute against memory bandwidth)."""
+    from that of one-token calls (by 3-8% within a run on the 2-core VM)."""
     llm = session._llm
     tokens = session.prompt_tokens(PROMPT)
     greedy = llama_cpp.llama_sampler_init_greedy()
@@ -231,9 +231,9 @@ def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...
     costs llama-cpp-python's own time per token (its loop, as in figure 1, over a short run, once
     past the calls that follow the prompt) at the depth it was measured at, plus what a steady
     one-token llama_decode costs more at the token's own depth (`single_curve`, over the KV cells
-    attended: attention over a longer context). The first AFTER_BATCH one-token calls after a multi-token call cost
-    `after_batch_s` more, one by one, and the two calls at each KV step `kv_step_s` more (a CUDA
-    build runs them without its graph, then captures it). A multi-token call of n tokens from
+    attended: attention over a longer context). The first AFTER_BATCH one-token calls after a
+    multi-token call cost `after_batch_s` more, one by one, and the two calls at each KV step
+    `kv_step_s` more (a CUDA build runs them without its graph, then captures it). A multi-token call of n tokens from
     position d, with the sample that reads its logits, costs what such a call of n tokens from
     position 0 costs (`batch_curve`: each round's prompt-like calls, and a `batch`-token catch-up
     after one-token calls) + `batch_depth_s` * n * d."""
@@ -327,9 +327,9 @@ class Priced:
 def priced_calls(calls: list[Call], costs: dict, speed: dict[str, float] | None = None) -> list[Priced]:
     """The cost model, call by call. A one-token call at position p costs llama-cpp-python's own
     steady time per generated token (sample + decode) + what a one-token call costs more at p than
-    at the depth that time was measured at (`single_curve`, by KV cells attended); the k-th one-token call after one of
-    the model's multi-token calls costs `after_batch_s[k - 1]` more, and after those, a call at a KV
-    step (position KV_STEP * m + i) `kv_step_s[i]` more. A multi-token call (prompt, catch-up) of n
+    at the depth that time was measured at (`single_curve`, by KV cells attended); the k-th
+    one-token call after one of the model's multi-token calls costs `after_batch_s[k - 1]` more,
+    and after those, a call at a KV step (position KV_STEP * m + i) `kv_step_s[i]` more. A multi-token call (prompt, catch-up) of n
     tokens from position d costs what n tokens from position 0 cost (`batch_curve`) +
     `batch_depth_s` * n * d. `speed` scales a model's costs (the machine's drift since they were
     measured: reference time now / then): `speed[model]` its one-token calls, and
