@@ -176,24 +176,31 @@ def reference_s_per_token(session, repeats: int) -> float:
     return statistics.median(llama_alone(session, PROMPT, REFERENCE_TOKENS)[1] for _ in range(repeats))
 
 
+@contextlib.contextmanager
+def greedy_sampler():
+    """A llama.cpp greedy sampler for the timed calls that read a batch's logits, freed afterwards."""
+    sampler = llama_cpp.llama_sampler_init_greedy()
+    try:
+        yield sampler
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
+
+
 def reference_batch_s(session, repeats: int) -> float:
     """Seconds for the reference prompt in one multi-token call from position 0, with the sample
     that reads its logits (median): the level of multi-token calls right now, which drifts apart
     from that of one-token calls (by 3-8% within a run on the 2-core VM)."""
     llm = session._llm
     tokens = session.prompt_tokens(PROMPT)
-    greedy = llama_cpp.llama_sampler_init_greedy()
-    try:
-        times = []
+    times = []
+    with greedy_sampler() as greedy:
         for _ in range(repeats):
             llm.n_tokens = 0
             started = time.perf_counter()
             llm.eval(tokens)
             llama_cpp.llama_sampler_sample(greedy, llm.ctx, -1)
             times.append(time.perf_counter() - started)
-        return statistics.median(times)
-    finally:
-        llama_cpp.llama_sampler_free(greedy)
+    return statistics.median(times)
 
 
 def decode_overhead(pair, small, large, log: CallLog, n_tokens: int, repeats: int) -> dict:
@@ -242,7 +249,6 @@ def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...
     deep = max(depths)
     singles = AFTER_BATCH + 5
     tokens = (prompt * (max(deep, KV_STEP) // len(prompt) + 3))[: max(deep, KV_STEP) + batch + singles + 8]
-    greedy = llama_cpp.llama_sampler_init_greedy()
 
     def timed_eval(at: int, n: int) -> float:
         started = time.perf_counter()
@@ -272,12 +278,10 @@ def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...
 
     # every configuration once per round, so that the machine's drift (seconds to minutes) shifts
     # all of them together; the reference runs around the rounds give the level
-    try:
-        before = reference_s_per_token(session, max(1, repeats // 2)), reference_batch_s(session, max(1, repeats // 2))
+    before = reference_s_per_token(session, max(1, repeats // 2)), reference_batch_s(session, max(1, repeats // 2))
+    with greedy_sampler() as greedy:  # timed_eval's
         rounds = [({depth: timed_calls(depth) for depth in depths}, timed_kv_step()) for _ in range(repeats)]
-        after = reference_s_per_token(session, max(1, repeats // 2)), reference_batch_s(session, max(1, repeats // 2))
-    finally:
-        llama_cpp.llama_sampler_free(greedy)
+    after = reference_s_per_token(session, max(1, repeats // 2)), reference_batch_s(session, max(1, repeats // 2))
 
     def median(index: int, depth: int, minus: int | None = None) -> float:
         """Median over the rounds of one timing, less the same timing at depth `minus` in the same round."""
