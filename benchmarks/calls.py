@@ -1,0 +1,120 @@
+"""What single llama.cpp calls cost: the one-token calls after a multi-token call, and along the context.
+
+    python benchmarks/calls.py [--depths 64,256,512,1024] [--positions 1100] [--rounds 3] [--json]
+
+A CUDA build runs the first one-token call after its graph changes without a CUDA graph and
+captures a new graph on the second, so after every multi-token call (a prompt, a catch-up on the
+other model's text) and at every 256-cell step of the KV cache two calls cost more (on an H100,
++1.75 and +1.5 ms on a 1.2 ms call of the small demo model). benchmarks/perf.py prices them; this
+script shows them, per model of the pair, on the current machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import llama_cpp  # first: numpy loaded before llama.cpp can break its OpenMP on some machines
+
+from perf import PROMPT, machine
+
+from glimp_cli.backend import open_session
+from glimp_cli.config import PACKAGED_CONFIG, load_config
+
+SINGLES = 12  # one-token calls timed after each multi-token call
+
+
+def timed_eval(llm, tokens: list[int]) -> float:
+    """Seconds for one llama_decode of `tokens` at the context's end, waiting for the GPU."""
+    started = time.perf_counter()
+    llm.eval(tokens)
+    llama_cpp.llama_synchronize(llm.ctx)
+    return time.perf_counter() - started
+
+
+def after_batch(session, depths: list[int], rounds: int) -> dict[int, list[float]]:
+    """For each depth: the median seconds of a call of `depth` tokens from position 0, then of each
+    of the SINGLES one-token calls after it."""
+    llm = session._llm
+    prompt = session.prompt_tokens(PROMPT)
+    tokens = (prompt * (max(depths) // len(prompt) + 2))[: max(depths) + SINGLES]
+    result = {}
+    for depth in depths:
+        timed = []
+        for _ in range(rounds):
+            llm.n_tokens = 0
+            timed.append([timed_eval(llm, tokens[:depth])] + [timed_eval(llm, [tokens[depth + i]]) for i in range(SINGLES)])
+        result[depth] = [statistics.median(t[i] for t in timed) for i in range(SINGLES + 1)]
+    return result
+
+
+def along_context(session, positions: int) -> tuple[int, list[float]]:
+    """(first position, seconds of each one-token call from the end of the prompt to `positions`)."""
+    llm = session._llm
+    prompt = session.prompt_tokens(PROMPT)
+    tokens = (prompt * (positions // len(prompt) + 2))[:positions]
+    llm.n_tokens = 0
+    timed_eval(llm, prompt)
+    return len(prompt), [timed_eval(llm, [tokens[p]]) for p in range(len(prompt), positions)]
+
+
+def dear_calls(first: int, seconds: list[float], *, window: int = 16, factor: float = 1.5) -> list[tuple[int, float]]:
+    """(position, extra seconds) of the calls that cost over `factor` times the median of the
+    `window` calls around them, the calls just after a multi-token one excepted: those are
+    `after_batch`'s. The extra is over that median."""
+    dear = []
+    for i, t in enumerate(seconds):
+        if i < 3:
+            continue
+        around = seconds[max(3, i - window // 2) : i + window // 2 + 1]
+        typical = statistics.median(around)
+        if t > factor * typical:
+            dear.append((first + i, t - typical))
+    return dear
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=PACKAGED_CONFIG, help="models.yaml with the pair to measure")
+    parser.add_argument("--pair", default="demo", help="pair name in the config")
+    parser.add_argument("--depths", default="64,256,512,1024", help="sizes of the multi-token calls, comma-separated")
+    parser.add_argument("--positions", type=int, default=1100, help="one-token calls along the context up to this position")
+    parser.add_argument("--rounds", type=int, default=3, help="timings of each call after a batch; the median is shown")
+    parser.add_argument("--json", action="store_true", help="print the timings as JSON")
+    args = parser.parse_args()
+    depths = [int(d) for d in args.depths.split(",")]
+
+    config = load_config(args.config)
+    pair = config.pair(args.pair)
+    report = {"machine": machine()}
+    for role in ("small", "large"):
+        session = open_session(config.model(getattr(pair, role)))
+        first, seconds = along_context(session, args.positions)
+        report[role] = {
+            "after_batch_s": {str(d): t for d, t in after_batch(session, depths, args.rounds).items()},
+            "along_context": {"first_position": first, "seconds": seconds},
+            "dear_calls": dear_calls(first, seconds),
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for role in ("small", "large"):
+        r = report[role]
+        print(f"{role}: one-token calls after a multi-token call of n tokens from position 0 (ms, medians of {args.rounds})")
+        for depth, times in r["after_batch_s"].items():
+            steady = statistics.median(times[4:])
+            print(f"  n={depth:>5}: call {times[0] * 1e3:7.2f}; then " + " ".join(f"{t * 1e3:5.2f}" for t in times[1:7]) + f" ...; steady {steady * 1e3:.2f}")
+        seconds = r["along_context"]["seconds"]
+        print(f"  along the context, from position {r['along_context']['first_position']}: median {statistics.median(seconds) * 1e3:.2f} ms; "
+              "dearer calls at " + (", ".join(f"{p} (+{extra * 1e3:.2f} ms)" for p, extra in r["dear_calls"]) or "no position"))
+    m = report["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, llama-cpp-python {m['llama_cpp_python']}, GPU offload compiled in: {m['gpu_offload']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
