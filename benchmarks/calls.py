@@ -56,6 +56,8 @@ def along_context(session, positions: int) -> tuple[int, list[float]]:
     """(first position, seconds of each one-token call from the end of the prompt to `positions`)."""
     llm = session._llm
     prompt = session.prompt_tokens(PROMPT)
+    if positions <= len(prompt) + 3:
+        raise SystemExit(f"--positions {positions} ends inside the prompt of model '{session.name}' ({len(prompt)} tokens): raise it")
     tokens = (prompt * (positions // len(prompt) + 2))[:positions]
     llm.n_tokens = 0
     timed_eval(llm, prompt)
@@ -77,16 +79,28 @@ def dear_calls(first: int, seconds: list[float], *, window: int = 16, factor: fl
     return dear
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected token counts separated by commas, like 64,256: {text!r}") from None
+    if any(n < 2 for n in sizes):
+        raise argparse.ArgumentTypeError(f"a multi-token call has 2 tokens or more: {text!r}")
+    return sizes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=PACKAGED_CONFIG, help="models.yaml with the pair to measure")
     parser.add_argument("--pair", default="demo", help="pair name in the config")
-    parser.add_argument("--depths", default="64,256,512,1024", help="sizes of the multi-token calls, comma-separated")
+    parser.add_argument("--depths", type=_sizes, default="64,256,512,1024", help="sizes of the multi-token calls, comma-separated")
     parser.add_argument("--positions", type=int, default=1100, help="one-token calls along the context up to this position")
     parser.add_argument("--rounds", type=int, default=3, help="timings of each call after a batch; the median is shown")
     parser.add_argument("--json", action="store_true", help="print the timings as JSON")
     args = parser.parse_args()
-    depths = [int(d) for d in args.depths.split(",")]
+    depths = args.depths
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
 
     config = load_config(args.config)
     pair = config.pair(args.pair)
