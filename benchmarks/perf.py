@@ -517,6 +517,11 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args()
+    for name in ("problems", "tokens", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be 1 or more")
+    if not args.data.is_file():
+        parser.error(f"--data {args.data}: no such file (gsm8k-style JSON Lines with a 'problem' field per line)")
 
     config = load_config(args.config)
     pair = config.pair(args.pair)
