@@ -24,6 +24,7 @@ from perf import PROMPT, machine
 
 from glimp_cli.backend import open_session
 from glimp_cli.config import PACKAGED_CONFIG, load_config
+from glimp_cli.errors import GlimpError
 
 SINGLES = 12  # one-token calls timed after each multi-token call
 
@@ -131,4 +132,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except GlimpError as exc:  # bad config or model file: one line, as glimp itself prints it
+        sys.exit(f"error: {exc}")

@@ -26,6 +26,7 @@ import llama_cpp  # first: numpy loaded before llama.cpp can break its OpenMP on
 
 from glimp_cli.backend import backend_info, open_session
 from glimp_cli.config import PACKAGED_CONFIG, load_config
+from glimp_cli.errors import GlimpError
 from glimp_cli.events import Step, Summary
 from glimp_cli.policy import make_policy
 from glimp_cli.router import route, run, settings_from_pair
@@ -601,4 +602,7 @@ def print_report(report: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except GlimpError as exc:  # bad config or model file: one line, as glimp itself prints it
+        sys.exit(f"error: {exc}")
