@@ -15,26 +15,17 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import llama_cpp  # first: numpy loaded before llama.cpp can break its OpenMP on some machines
+import llama_cpp  # noqa: F401  # first: numpy loaded before llama.cpp can break its OpenMP on some machines
 
-from perf import PROMPT, machine
+from perf import PROMPT, machine, timed_eval
 
 from glimp_cli.backend import open_session
 from glimp_cli.config import PACKAGED_CONFIG, load_config
 from glimp_cli.errors import GlimpError
 
 SINGLES = 12  # one-token calls timed after each multi-token call
-
-
-def timed_eval(llm, tokens: list[int]) -> float:
-    """Seconds for one llama_decode of `tokens` at the context's end, waiting for the GPU."""
-    started = time.perf_counter()
-    llm.eval(tokens)
-    llama_cpp.llama_synchronize(llm.ctx)
-    return time.perf_counter() - started
 
 
 def after_batch(session, depths: list[int], rounds: int) -> dict[int, list[float]]:

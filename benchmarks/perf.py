@@ -187,6 +187,18 @@ def greedy_sampler():
         llama_cpp.llama_sampler_free(sampler)
 
 
+def timed_eval(llm, tokens: list[int], sampler=None) -> float:
+    """Seconds for one llama_decode of `tokens` at the context's end, with a sample of its logits by
+    `sampler` where given (a multi-token call is priced with it), waiting for the GPU (decode is
+    asynchronous there)."""
+    started = time.perf_counter()
+    llm.eval(tokens)
+    if sampler is not None:
+        llama_cpp.llama_sampler_sample(sampler, llm.ctx, -1)
+    llama_cpp.llama_synchronize(llm.ctx)
+    return time.perf_counter() - started
+
+
 def reference_batch_s(session, repeats: int) -> float:
     """Seconds for the reference prompt in one multi-token call from position 0, with the sample
     that reads its logits (median): the level of multi-token calls right now, which drifts apart
@@ -197,10 +209,7 @@ def reference_batch_s(session, repeats: int) -> float:
     with greedy_sampler() as greedy:
         for _ in range(repeats):
             llm.n_tokens = 0
-            started = time.perf_counter()
-            llm.eval(tokens)
-            llama_cpp.llama_sampler_sample(greedy, llm.ctx, -1)
-            times.append(time.perf_counter() - started)
+            times.append(timed_eval(llm, tokens, greedy))
     return statistics.median(times)
 
 
@@ -241,46 +250,41 @@ def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...
     one-token llama_decode costs more at the token's own depth (`single_curve`, over the KV cells
     attended: attention over a longer context). The first AFTER_BATCH one-token calls after a
     multi-token call cost `after_batch_s` more, one by one, and the two calls at each KV step
-    `kv_step_s` more (a CUDA build runs them without its graph, then captures it). A multi-token call of n tokens from
-    position d, with the sample that reads its logits, costs what such a call of n tokens from
-    position 0 costs (`batch_curve`: each round's prompt-like calls, and a `batch`-token catch-up
-    after one-token calls) + `batch_depth_s` * n * d."""
+    `kv_step_s` more (a CUDA build runs them without its graph, then captures it). A multi-token
+    call of n tokens from position d, with the sample that reads its logits, costs what such a
+    call of n tokens from position 0 costs (`batch_curve`: each round's prompt-like calls, and a
+    `batch`-token catch-up after one-token calls) + `batch_depth_s` * n * d."""
     llm = session._llm
     prompt = session.prompt_tokens(PROMPT)
     deep = max(depths)
     singles = AFTER_BATCH + 5
     tokens = (prompt * (max(deep, KV_STEP) // len(prompt) + 3))[: max(deep, KV_STEP) + batch + singles + 8]
 
-    def timed_eval(at: int, n: int) -> float:
-        started = time.perf_counter()
-        llm.eval(tokens[at : at + n])
-        if n > 1:  # a multi-token call is priced with the sample that reads its logits
-            llama_cpp.llama_sampler_sample(greedy, llm.ctx, -1)
-        llama_cpp.llama_synchronize(llm.ctx)  # decode is asynchronous on a GPU
-        return time.perf_counter() - started
+    def timed(at: int, n: int) -> float:
+        return timed_eval(llm, tokens[at : at + n], greedy if n > 1 else None)
 
     def timed_calls(depth: int) -> tuple[float, float, list[float], float]:
         """(`depth` tokens from position 0, a `batch`-token catch-up after the one-token calls that
         follow them, the first AFTER_BATCH of those less a steady one, the mean of the steady ones)."""
         llm.n_tokens = 0
-        first = timed_eval(0, depth)
-        times = [timed_eval(depth + i, 1) for i in range(singles)]
+        first = timed(0, depth)
+        times = [timed(depth + i, 1) for i in range(singles)]
         steady = statistics.mean(times[AFTER_BATCH:])
-        return first, timed_eval(depth + singles, batch), [t - steady for t in times[:AFTER_BATCH]], steady
+        return first, timed(depth + singles, batch), [t - steady for t in times[:AFTER_BATCH]], steady
 
     def timed_kv_step() -> list[float]:
         """What the one-token calls at KV_STEP and the one after it cost more than steady ones."""
         first = KV_STEP - AFTER_BATCH - 1  # the calls after the batch, then one steady call before the step
         llm.n_tokens = 0
-        timed_eval(0, first)
-        times = {p: timed_eval(p, 1) for p in range(first, KV_STEP + 6)}
+        timed(0, first)
+        times = {p: timed(p, 1) for p in range(first, KV_STEP + 6)}
         steady = statistics.mean(t for p, t in times.items() if p == KV_STEP - 1 or p >= KV_STEP + 2)
         return [times[KV_STEP] - steady, times[KV_STEP + 1] - steady]
 
     # every configuration once per round, so that the machine's drift (seconds to minutes) shifts
     # all of them together; the reference runs around the rounds give the level
     before = reference_s_per_token(session, max(1, repeats // 2)), reference_batch_s(session, max(1, repeats // 2))
-    with greedy_sampler() as greedy:  # timed_eval's
+    with greedy_sampler() as greedy:  # timed's
         rounds = [({depth: timed_calls(depth) for depth in depths}, timed_kv_step()) for _ in range(repeats)]
     after = reference_s_per_token(session, max(1, repeats // 2)), reference_batch_s(session, max(1, repeats // 2))
 
