@@ -161,6 +161,8 @@ AFTER_BATCH = 3
 # llama-kv-cache.cpp), so the graph changes at positions 256, 512, ...: a CUDA build runs the
 # call at such a position without its graph and captures a new one at the next.
 KV_STEP = 256
+# the shortest multi-token call measured: a catch-up on a step of a few tokens ("So,", "Step 1:")
+TINY = 4
 
 
 def kv_cells(position: int | float) -> int:
@@ -252,25 +254,31 @@ def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...
     multi-token call cost `after_batch_s` more, one by one, and the two calls at each KV step
     `kv_step_s` more (a CUDA build runs them without its graph, then captures it). A multi-token
     call of n tokens from position d, with the sample that reads its logits, costs what such a
-    call of n tokens from position 0 costs (`batch_curve`: each round's prompt-like calls, and a
-    `batch`-token catch-up after one-token calls) + `batch_depth_s` * n * d."""
+    call of n tokens from position 0 costs (`batch_curve`: each round's prompt-like calls, a
+    `batch`-token catch-up after one-token calls, and a TINY-token one after more of them, as
+    short as the other model's shortest steps) + `batch_depth_s` * n * d."""
     llm = session._llm
     prompt = session.prompt_tokens(PROMPT)
     deep = max(depths)
     singles = AFTER_BATCH + 5
-    tokens = (prompt * (max(deep, KV_STEP) // len(prompt) + 3))[: max(deep, KV_STEP) + batch + singles + 8]
+    tokens = (prompt * (max(deep, KV_STEP) // len(prompt) + 3))[: max(deep, KV_STEP) + batch + 2 * singles + TINY + 8]
 
     def timed(at: int, n: int) -> float:
         return timed_eval(llm, tokens[at : at + n], greedy if n > 1 else None)
 
-    def timed_calls(depth: int) -> tuple[float, float, list[float], float]:
+    def timed_calls(depth: int) -> tuple[float, float, list[float], float, float]:
         """(`depth` tokens from position 0, a `batch`-token catch-up after the one-token calls that
-        follow them, the first AFTER_BATCH of those less a steady one, the mean of the steady ones)."""
+        follow them, the first AFTER_BATCH of those less a steady one, the mean of the steady ones,
+        a TINY-token catch-up after as many one-token calls again)."""
         llm.n_tokens = 0
         first = timed(0, depth)
         times = [timed(depth + i, 1) for i in range(singles)]
         steady = statistics.mean(times[AFTER_BATCH:])
-        return first, timed(depth + singles, batch), [t - steady for t in times[:AFTER_BATCH]], steady
+        catch_up = timed(depth + singles, batch)
+        for i in range(singles):
+            timed(depth + singles + batch + i, 1)
+        tiny = timed(depth + 2 * singles + batch, TINY)
+        return first, catch_up, [t - steady for t in times[:AFTER_BATCH]], steady, tiny
 
     def timed_kv_step() -> list[float]:
         """What the one-token calls at KV_STEP and the one after it cost more than steady ones."""
@@ -295,6 +303,7 @@ def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...
     shallow = min(depths)
     per_position = median(1, deep, shallow) / (batch * (deep - shallow))  # `batch` tokens, deeper by deep - shallow
     first_batch = median(1, shallow) - per_position * batch * (shallow + singles)  # `batch` tokens from position 0
+    first_tiny = median(4, shallow) - per_position * TINY * (shallow + 2 * singles + batch)
     calls_from_zero = [d for d in depths if d <= llm.n_batch]  # longer ones are split into n_batch calls
     steady_at = AFTER_BATCH + (singles - AFTER_BATCH - 1) / 2  # mean offset of the steady calls
     return {
@@ -304,7 +313,7 @@ def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...
         "decode_depth": len(prompt) + AFTER_BATCH + (REFERENCE_TOKENS - AFTER_BATCH - 2) / 2,
         # what a steady one-token call costs more at each depth than at the shallowest
         "single_curve": [(kv_cells(d + steady_at), median(3, d, shallow)) for d in depths],
-        "batch_curve": sorted([(batch, first_batch)] + [(d, median(0, d)) for d in calls_from_zero]),
+        "batch_curve": sorted([(TINY, first_tiny), (batch, first_batch)] + [(d, median(0, d)) for d in calls_from_zero]),
         "batch_depth_s": max(0.0, per_position),
         # over every depth of every round: where the batch ended does not matter
         "after_batch_s": [statistics.median(r[d][2][k] for r, _ in rounds for d in depths) for k in range(AFTER_BATCH)],

@@ -180,3 +180,16 @@ def test_call_log_sees_every_decode_of_a_routed_run_and_who_made_it(demo_pair):
     count = collections.Counter((c.model, c.function) for c in reads)
     assert count[("small", "llama_get_logits_ith")] == len(summary.steps) == 1
     assert set(count) == {("small", "llama_get_logits_ith"), ("small", "llama_sampler_sample"), ("large", "llama_sampler_sample")}
+
+
+def test_call_costs_measure_each_kind_of_call_the_model_prices(demo_pair):
+    """One round on the small model: every term the cost model reads, with multi-token calls
+    measured from TINY tokens (a catch-up on a short step) up to the longest prompt-like call."""
+    _, small, _ = demo_pair
+    costs = perf.call_costs(small, repeats=1, depths=(64, 128))
+    assert [n for n, _ in costs["batch_curve"]] == [perf.TINY, 16, 64, 128]
+    assert all(seconds > 0 for _, seconds in costs["batch_curve"])
+    assert [cells for cells, _ in costs["single_curve"]] == [256, 256]  # both depths attend over 256 cells
+    assert costs["single_curve"][0][1] == 0.0  # the shallowest depth is the curve's zero
+    assert len(costs["after_batch_s"]) == perf.AFTER_BATCH and len(costs["kv_step_s"]) == 2
+    assert costs["decode_s_per_token"] > 0 and costs["batch_reference_s"] > 0 and costs["batch_depth_s"] >= 0
