@@ -20,8 +20,10 @@ from glimp_cli.session import Sampling
 
 from conftest import gsm8k_problem
 
-PERF_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "perf.py"
-_spec = importlib.util.spec_from_file_location("glimp_perf", PERF_PATH)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # perf.py imports cost_model.py beside it
+import cost_model  # noqa: E402
+_spec = importlib.util.spec_from_file_location("glimp_perf", BENCHMARKS / "perf.py")
 perf = sys.modules["glimp_perf"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
 _spec.loader.exec_module(perf)
 
@@ -37,17 +39,17 @@ COSTS = {
     "large": {"decode_s_per_token": 2.0, "decode_depth": 10, "single_curve": [(256, 0.7)], "after_batch_s": [0.5],
               "kv_step_s": [0.0, 0.0], "batch_curve": [(2, 1.4), (4, 1.8)], "batch_depth_s": 0.0},
 }
-Call = perf.Call
+Call = cost_model.Call
 
 
 def test_interpolate_is_flat_before_the_first_point_and_extends_the_last_segment():
     curve = [(10, 1.0), (20, 3.0), (40, 4.0)]
-    assert [perf.interpolate(curve, x) for x in (0, 10, 15, 20, 30, 40, 60)] == [1.0, 1.0, 2.0, 3.0, 3.5, 4.0, 5.0]
-    assert perf.interpolate([(64, 0.7)], 1000) == 0.7
+    assert [cost_model.interpolate(curve, x) for x in (0, 10, 15, 20, 30, 40, 60)] == [1.0, 1.0, 2.0, 3.0, 3.5, 4.0, 5.0]
+    assert cost_model.interpolate([(64, 0.7)], 1000) == 0.7
 
 
 def test_kv_cells_pads_a_position_to_the_next_step():
-    assert [perf.kv_cells(p) for p in (0, 255, 256, 511, 512, 1100)] == [256, 256, 512, 512, 768, 1280]
+    assert [cost_model.kv_cells(p) for p in (0, 255, 256, 511, 512, 1100)] == [256, 256, 512, 512, 768, 1280]
 
 
 def test_cost_model_prices_each_call_once():
@@ -63,14 +65,14 @@ def test_cost_model_prices_each_call_once():
         Call("small", 1, 9, 9.0),  # 1.0 + 0.25 = 1.25
     ]
     expected = 0.9 + 1.25 + 1.125 + 1.0 + 1.6 + 2.5 + 0.714 + 1.25
-    assert perf.predicted_seconds(calls, COSTS) == pytest.approx(expected, rel=1e-12)
+    assert cost_model.predicted_seconds(calls, COSTS) == pytest.approx(expected, rel=1e-12)
     # past the measured sizes the last segment goes on: 12 tokens from position 0 = 1.9 + 2 * 0.3
-    assert perf.predicted_seconds([Call("small", 12, 0, 1.0)], COSTS) == pytest.approx(2.5, rel=1e-12)
+    assert cost_model.predicted_seconds([Call("small", 12, 0, 1.0)], COSTS) == pytest.approx(2.5, rel=1e-12)
 
 
 def test_a_one_token_call_costs_by_the_kv_cells_it_attends_over():
     positions = (100, 255, 300, 511, 600, 1100)
-    priced = perf.priced_calls([Call("small", 1, p, 1.0) for p in positions], COSTS)
+    priced = cost_model.priced_calls([Call("small", 1, p, 1.0) for p in positions], COSTS)
     # 256 cells: +0; 512: +0.5; 768: +0.75; 1280: 0.75 + 0.25 * 512 / 256 along the last segment
     assert [p.predicted_s for p in priced] == pytest.approx([1.0, 1.0, 1.5, 1.5, 1.75, 2.25], rel=1e-12)
 
@@ -80,13 +82,13 @@ def test_calls_at_a_kv_step_cost_more_unless_they_follow_a_batch():
     base = {255: 1.0, 256: 1.5, 257: 1.5, 258: 1.5, 512: 1.75, 513: 1.75}  # by the KV cells attended
     # a batch, the two calls after it, then steady calls at and around the KV steps
     calls = [Call("small", 10, 0, 1.0)] + [Call("small", 1, p, 1.0) for p in (98, 99, 255, 256, 257, 258, 512, 513)]
-    priced = perf.priced_calls(calls, COSTS)
+    priced = cost_model.priced_calls(calls, COSTS)
     step = "one-token at KV step"
     assert [p.kind for p in priced[3:]] == ["one-token", step, step, "one-token", step, step]
     assert [p.predicted_s for p in priced[3:]] == pytest.approx(
         [base[255], base[256] + 0.0625, base[257] + 0.03125, base[258], base[512] + 0.0625, base[513] + 0.03125], rel=1e-12)
     # right after a batch, the call at the step is priced as an after-batch call, once
-    after = perf.priced_calls([Call("small", 10, 246, 1.0), Call("small", 1, 256, 1.0), Call("small", 1, 257, 1.0)], COSTS)
+    after = cost_model.priced_calls([Call("small", 10, 246, 1.0), Call("small", 1, 256, 1.0), Call("small", 1, 257, 1.0)], COSTS)
     assert [p.predicted_s for p in after[1:]] == pytest.approx([base[256] + small["after_batch_s"][0], base[257] + small["after_batch_s"][1]], rel=1e-12)
     assert [p.kind for p in after[1:]] == ["one-token after batch"] * 2
 
@@ -101,12 +103,12 @@ def test_each_call_is_measured_with_the_samples_that_read_its_logits():
         Call("small", 0, -1, 0.125),
         Call("small", 1, 5, 1.5),
     ]
-    priced = perf.priced_calls(calls, COSTS)
+    priced = cost_model.priced_calls(calls, COSTS)
     assert [(p.model, p.kind, p.measured_s) for p in priced] == [
         ("small", "batch", 0.625), ("large", "batch", 2.25), ("small", "one-token after batch", 1.125), ("small", "one-token after batch", 1.5),
     ]
     assert [p.predicted_s for p in priced] == pytest.approx([0.9, 1.6, 1.25, 1.125], rel=1e-12)
-    assert perf.by_kind(priced + [perf.Priced("small", "one-token", 0.5, 1.0)]) == {
+    assert cost_model.by_kind(priced + [cost_model.Priced("small", "one-token", 0.5, 1.0)]) == {
         "small batch": {"calls": 1, "measured_s": 0.625, "predicted_s": pytest.approx(0.9)},
         "large batch": {"calls": 1, "measured_s": 2.25, "predicted_s": pytest.approx(1.6)},
         "small one-token after batch": {"calls": 2, "measured_s": 2.625, "predicted_s": pytest.approx(2.375)},
@@ -117,19 +119,19 @@ def test_each_call_is_measured_with_the_samples_that_read_its_logits():
 def test_cost_model_scales_each_model_by_its_speed():
     calls = [Call("small", 1, 5, 9.0), Call("large", 3, 0, 9.0), Call("small", 1, 6, 9.0)]
     # small: 1.0 + 1.0 at speed 1.5 (no batch before them); large: 1.6 at speed 0.5
-    assert perf.predicted_seconds(calls, COSTS, {"small": 1.5, "large": 0.5}) == pytest.approx(2.0 * 1.5 + 0.8, rel=1e-12)
-    assert perf.predicted_seconds(calls, COSTS, {"small": 1.0}) == pytest.approx(2.0 + 1.6, rel=1e-12)
+    assert cost_model.predicted_seconds(calls, COSTS, {"small": 1.5, "large": 0.5}) == pytest.approx(2.0 * 1.5 + 0.8, rel=1e-12)
+    assert cost_model.predicted_seconds(calls, COSTS, {"small": 1.0}) == pytest.approx(2.0 + 1.6, rel=1e-12)
     # multi-token calls drift apart from one-token calls: they take their own factor where given
-    assert perf.predicted_seconds(calls, COSTS, {"small": 1.5, "large": 0.5, "large batch": 2.0}) == pytest.approx(3.0 + 3.2, rel=1e-12)
+    assert cost_model.predicted_seconds(calls, COSTS, {"small": 1.5, "large": 0.5, "large batch": 2.0}) == pytest.approx(3.0 + 3.2, rel=1e-12)
 
 
 def test_cost_model_ignores_a_model_without_calls():
-    assert perf.predicted_seconds([Call("large", 1, 10, 1.0)], {"large": COSTS["large"]}) == 2.0
-    assert perf.predicted_seconds([], COSTS) == 0.0
+    assert cost_model.predicted_seconds([Call("large", 1, 10, 1.0)], {"large": COSTS["large"]}) == 2.0
+    assert cost_model.predicted_seconds([], COSTS) == 0.0
 
 
 def test_inside_seconds_adds_every_call():
-    assert perf.inside_seconds([Call("small", 1, 0, 0.25), Call("small", 0, -1, 0.5)]) == 0.75
+    assert cost_model.inside_seconds([Call("small", 1, 0, 0.25), Call("small", 0, -1, 0.5)]) == 0.75
 
 
 def step(model: str, tokens: int, finish: str = "delimiter") -> Step:
@@ -191,5 +193,5 @@ def test_call_costs_measure_each_kind_of_call_the_model_prices(demo_pair):
     assert all(seconds > 0 for _, seconds in costs["batch_curve"])
     assert [cells for cells, _ in costs["single_curve"]] == [256, 256]  # both depths attend over 256 cells
     assert costs["single_curve"][0][1] == 0.0  # the shallowest depth is the curve's zero
-    assert len(costs["after_batch_s"]) == perf.AFTER_BATCH and len(costs["kv_step_s"]) == 2
+    assert len(costs["after_batch_s"]) == cost_model.AFTER_BATCH and len(costs["kv_step_s"]) == 2
     assert costs["decode_s_per_token"] > 0 and costs["batch_reference_s"] > 0 and costs["batch_depth_s"] >= 0
