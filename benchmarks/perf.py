@@ -275,7 +275,8 @@ def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...
     shallow = min(depths)
     per_position = median(1, deep, shallow) / (batch * (deep - shallow))  # `batch` tokens, deeper by deep - shallow
     first_batch = median(1, shallow) - per_position * batch * (shallow + singles)  # `batch` tokens from position 0
-    first_tiny = median(4, shallow) - per_position * TINY * (shallow + 2 * singles + batch)
+    # TINY tokens from position 0, over every depth of every round (its depth term is small)
+    first_tiny = statistics.median(r[d][4] - per_position * TINY * (d + 2 * singles + batch) for r, _ in rounds for d in depths)
     calls_from_zero = [d for d in depths if d <= llm.n_batch]  # longer ones are split into n_batch calls
     steady_at = AFTER_BATCH + (singles - AFTER_BATCH - 1) / 2  # mean offset of the steady calls
     return {
