@@ -19,7 +19,8 @@ from pathlib import Path
 
 import llama_cpp  # noqa: F401  # first: numpy loaded before llama.cpp can break its OpenMP on some machines
 
-from perf import PROMPT, machine, timed_eval
+from cost_model import AFTER_BATCH
+from perf import PROMPT, machine, repeated_tokens, timed_eval
 
 from glimp_cli.backend import open_session
 from glimp_cli.config import PACKAGED_CONFIG, load_config
@@ -33,7 +34,7 @@ def after_batch(session, depths: list[int], rounds: int) -> dict[int, list[float
     of the SINGLES one-token calls after it."""
     llm = session._llm
     prompt = session.prompt_tokens(PROMPT)
-    tokens = (prompt * (max(depths) // len(prompt) + 2))[: max(depths) + SINGLES]
+    tokens = repeated_tokens(prompt, max(depths) + SINGLES)
     result = {}
     for depth in depths:
         timed = []
@@ -50,7 +51,7 @@ def along_context(session, positions: int) -> tuple[int, list[float]]:
     prompt = session.prompt_tokens(PROMPT)
     if positions <= len(prompt) + 3:
         raise SystemExit(f"--positions {positions} ends inside the prompt of model '{session.name}' ({len(prompt)} tokens): raise it")
-    tokens = (prompt * (positions // len(prompt) + 2))[:positions]
+    tokens = repeated_tokens(prompt, positions)
     llm.n_tokens = 0
     timed_eval(llm, prompt)
     return len(prompt), [timed_eval(llm, [tokens[p]]) for p in range(len(prompt), positions)]
@@ -62,9 +63,9 @@ def dear_calls(first: int, seconds: list[float], *, window: int = 16, factor: fl
     `after_batch`'s. The extra is over that median."""
     dear = []
     for i, t in enumerate(seconds):
-        if i < 3:
+        if i < AFTER_BATCH:
             continue
-        around = seconds[max(3, i - window // 2) : i + window // 2 + 1]
+        around = seconds[max(AFTER_BATCH, i - window // 2) : i + window // 2 + 1]
         typical = statistics.median(around)
         if t > factor * typical:
             dear.append((first + i, t - typical))
@@ -112,7 +113,7 @@ def main() -> int:
         r = report[role]
         print(f"{role}: one-token calls after a multi-token call of n tokens from position 0 (ms, medians of {args.rounds})")
         for depth, times in r["after_batch_s"].items():
-            steady = statistics.median(times[4:])
+            steady = statistics.median(times[1 + AFTER_BATCH :])  # past the call and the calls after it
             print(f"  n={depth:>5}: call {times[0] * 1e3:7.2f}; then " + " ".join(f"{t * 1e3:5.2f}" for t in times[1:7]) + f" ...; steady {steady * 1e3:.2f}")
         seconds = r["along_context"]["seconds"]
         print(f"  along the context, from position {r['along_context']['first_position']}: median {statistics.median(seconds) * 1e3:.2f} ms; "

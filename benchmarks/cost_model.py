@@ -64,14 +64,15 @@ def priced_calls(calls: list[Call], costs: dict, speed: dict[str, float] | None 
     steady time per generated token (sample + decode) + what a one-token call costs more at p than
     at the depth that time was measured at (`single_curve`, by KV cells attended); the k-th
     one-token call after one of the model's multi-token calls costs `after_batch_s[k - 1]` more,
-    and after those, a call at a KV step (position KV_STEP * m + i) `kv_step_s[i]` more. A multi-token call (prompt, catch-up) of n
-    tokens from position d costs what n tokens from position 0 cost (`batch_curve`) +
-    `batch_depth_s` * n * d. `speed` scales a model's costs (the machine's drift since they were
+    and after those, a call at a KV step (position KV_STEP * m + i) `kv_step_s[i]` more. A
+    multi-token call (prompt, catch-up) of n tokens from position d costs what n tokens from
+    position 0 cost (`batch_curve`) + `batch_depth_s` * n * d. `speed` scales a model's costs (the machine's drift since they were
     measured: reference time now / then): `speed[model]` its one-token calls, and
     `speed[model + " batch"]` (where given) its multi-token calls."""
     priced: list[Priced] = []
     last: dict[str, Priced] = {}  # each model's latest call
     since_batch: dict[str, int] = {}  # one-token calls since each model's latest multi-token call
+    scale = speed or {}
     for call in calls:
         if call.tokens == 0:
             if call.model in last:
@@ -93,7 +94,6 @@ def priced_calls(calls: list[Call], costs: dict, speed: dict[str, float] | None 
             seconds = interpolate(c["batch_curve"], call.tokens) + c["batch_depth_s"] * call.tokens * call.position
             kind = "batch"
             since_batch[call.model] = 0
-        scale = speed or {}
         factor = scale.get(f"{call.model} batch" if kind == "batch" else call.model, scale.get(call.model, 1.0))
         last[call.model] = Priced(call.model, kind, call.seconds, seconds * factor)
         priced.append(last[call.model])

@@ -143,6 +143,11 @@ REFERENCE_TOKENS = 32
 TINY = 4
 
 
+def repeated_tokens(tokens: list[int], n: int) -> list[int]:
+    """`n` tokens: `tokens` over and over (text for calls at any position; only the count matters)."""
+    return (tokens * (n // len(tokens) + 1))[:n]
+
+
 def reference_s_per_token(session, repeats: int) -> float:
     """llama-cpp-python's own time per generated token (sample + decode) over a short greedy run
     (median): how fast this machine runs the model right now. A shared machine drifts (14% in a
@@ -233,7 +238,7 @@ def call_costs(session, *, repeats: int, batch: int = 16, depths: tuple[int, ...
     prompt = session.prompt_tokens(PROMPT)
     deep = max(depths)
     singles = AFTER_BATCH + 5
-    tokens = (prompt * (max(deep, KV_STEP) // len(prompt) + 3))[: max(deep, KV_STEP) + batch + 2 * singles + TINY + 8]
+    tokens = repeated_tokens(prompt, max(deep, KV_STEP) + batch + 2 * singles + TINY + 8)
 
     def timed(at: int, n: int) -> float:
         return timed_eval(llm, tokens[at : at + n], greedy if n > 1 else None)
