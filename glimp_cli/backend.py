@@ -9,7 +9,6 @@ from llama_cpp import Llama
 from llama_cpp._internals import LlamaBatch, LlamaSampler
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-import codecs
 import ctypes
 import os
 from collections.abc import Generator, Sequence
@@ -18,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from glimp_cli.config import ModelSpec
+from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
 from glimp_cli.errors import ConfigError, ContextError, ModelFileError, RunError
-from glimp_cli.session import Counters, Sampling, StepOutput
+from glimp_cli.generation import Proposal, generate
+from glimp_cli.session import Counters, FirstToken, Sampling, StepOutput
 from glimp_cli.sources import resolve_model_path
 
 MAX_DEFAULT_THREADS = 8
@@ -97,7 +98,6 @@ class LlamaSession:
         self._formatter: Jinja2ChatFormatter | None = None
         self._prompt_done = False
         self._clear_cache = False
-        self._after_batch = False
         # The hot path decodes one token at a time through this batch, not Llama.eval, whose
         # per-call Python (a KV removal and a batch refill) cost ~1.5% of a token on an H100.
         self._one = LlamaBatch(n_tokens=1, embd=0, n_seq_max=1, verbose=False)
@@ -105,6 +105,8 @@ class LlamaSession:
         self._one.batch.seq_id[0][0] = 0
         self._one.batch.logits[0] = True
         self.counters = Counters()
+
+    entropy_modes = ENTROPY_MODES  # the full logits are at hand: both modes
 
     # -- prompt and transcript -------------------------------------------------
 
@@ -160,7 +162,6 @@ class LlamaSession:
         # at the first evaluation, so a model that a run never uses costs nothing.
         self._llm.n_tokens = 0
         self._clear_cache = True
-        self._after_batch = False
         self._make_sampler(sampling)
 
     def _make_sampler(self, sampling: Sampling) -> None:
@@ -220,13 +221,9 @@ class LlamaSession:
         if n_pending == 1:
             self._decode_one(self._tokens[start], start)
             chunks = 1
-            if self._after_batch:
-                self.counters.single_after_batch += 1
-                self._after_batch = False
         else:
             chunks = -(-n_pending // self._n_batch)
             llm.eval(self._tokens[start:])
-            self._after_batch = True
         self.counters.prefill_tokens += n_pending - self._own_pending
         self.counters.evaluated_tokens += n_pending
         if self._prompt_done:
@@ -276,86 +273,76 @@ class LlamaSession:
             eos = self._eos[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
         return eos
 
+    def probe(self, *, top_k: int) -> FirstToken:
+        logits = self.next_token_logits()
+        token = self.sample()
+        return FirstToken(token=token, text=self._piece(token), entropies=initial_token_entropies(logits, top_k=top_k))
+
     # -- generation -----------------------------------------------------------
 
     def generate_step(
         self, *, first_token: int | None, stops: Sequence[str], max_tokens: int
     ) -> Generator[str, None, StepOutput]:
         """Sample until a stop string, EOS or max_tokens; the cache ends exactly at the returned text."""
-        stop_bytes = [s.encode("utf-8") for s in stops if s]
-        hold = max((len(s) for s in stop_bytes), default=1) - 1  # bytes that might start a stop string
-        tokens_before, text_before, own_before = len(self._tokens), self._text, self._own_pending
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        body = bytearray()
-        emitted = 0
-        sampled = 0
-        finish, stop = "length", None
-        completed = False
-        try:
-            token = first_token
-            while sampled < max_tokens:
-                if token is None:
-                    token = self.sample()
-                if self.is_eos(token):
-                    finish = "eos"
-                    break
-                sampled += 1
-                piece = self._piece_bytes(token)
-                scan_from = max(0, len(body) - hold)
-                body += piece
-                found = _find_stop(body, stop_bytes, scan_from)
-                if found is not None:
-                    cut, stop_b = found
-                    if cut == len(body):
-                        self._append_own(token)
-                    else:
-                        # The token runs past the stop string: it is never evaluated; the part
-                        # of its text before the cut is re-tokenized and evaluated instead.
-                        kept = bytes(body[len(body) - len(piece) : cut])
-                        del body[cut:]
-                        self._tokens += self._llm.tokenize(kept, add_bos=False, special=True)
-                    finish, stop = "stop", stop_b.decode("utf-8")
-                    break
-                self._append_own(token)
-                token = None
-                safe = len(body) - hold
-                if safe > emitted:
-                    yield decoder.decode(bytes(body[emitted:safe]))
-                    emitted = safe
-            if emitted < len(body):
-                tail = decoder.decode(bytes(body[emitted:]), final=True)
-                if tail:
-                    yield tail
-            text = bytes(body).decode("utf-8", errors="replace")
-            self._text += text
-            self.counters.generated_tokens += sampled
-            completed = True
-            return StepOutput(text=text, tokens=sampled, finish=finish, stop=stop)
-        finally:
-            if not completed:  # interrupted: leave the cache as it was before the step
-                del self._tokens[tokens_before:]
-                self._text, self._own_pending = text_before, own_before
-                if self._llm.n_tokens > tokens_before:
-                    # The step's decodes overwrote the logits: the token before the step goes
-                    # back to pending, so they are computed again when next needed.
-                    keep = tokens_before - 1
-                    self._llm.n_tokens = keep
-                    self._llm._ctx.kv_cache_seq_rm(-1, keep, -1)
-                    self._own_pending = 0
+        return generate(SampledTokens(self, first_token), stops=stops, max_tokens=max_tokens)
 
     def _append_own(self, token: int) -> None:
         self._tokens.append(token)
         self._own_pending += 1
 
 
-def _find_stop(body: bytearray, stops: list[bytes], scan_from: int) -> tuple[int, bytes] | None:
-    """(end offset, stop) of the earliest stop string found at or after scan_from."""
-    best = None
-    for stop in stops:
-        at = body.find(stop, scan_from)
-        if at >= 0 and (best is None or at < best[0]):
-            best = (at, stop)
-    return None if best is None else (best[0] + len(best[1]), best[1])
+class LlamaStep:
+    """What every llama.cpp token source shares: keeping tokens or text, commit, roll-back."""
+
+    def __init__(self, session: LlamaSession) -> None:
+        self.session = session
+        self._tokens_before, self._text_before, self._own_before = len(session._tokens), session._text, session._own_pending
+
+    def keep_text(self, text: bytes) -> None:
+        """Text cut from a token at a stop string: re-tokenized, and evaluated when next needed."""
+        session = self.session
+        session._tokens += session._llm.tokenize(text, add_bos=False, special=True)
+
+    def commit(self, out: StepOutput) -> None:
+        self.session._text += out.text
+        self.session.counters.generated_tokens += out.tokens
+
+    def rollback(self) -> None:
+        session, before = self.session, self._tokens_before
+        del session._tokens[before:]
+        session._text, session._own_pending = self._text_before, self._own_before
+        llm = session._llm
+        if llm.n_tokens > before:
+            # The step's decodes overwrote the logits: the token before the step goes back to
+            # pending, so they are computed again when next needed.
+            keep = before - 1
+            llm.n_tokens = keep
+            llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+            session._own_pending = 0
+
+
+class SampledTokens(LlamaStep):
+    """One token per decode from the session's own sampler; the first may be a probe's token."""
+
+    def __init__(self, session: LlamaSession, first_token: int | None) -> None:
+        super().__init__(session)
+        self._next = first_token
+        self._token = -1
+
+    def propose(self, limit: int) -> Proposal:
+        session = self.session
+        token = session.sample() if self._next is None else self._next
+        self._next = None
+        if session.is_eos(token):
+            return Proposal((), eos=True)
+        self._token = token
+        return Proposal((session._piece_bytes(token),))
+
+    def settle(self, kept: int, tail: bytes) -> None:
+        if kept:
+            self.session._append_own(self._token)
+        elif tail:
+            self.keep_text(tail)
 
 
 def open_session(spec: ModelSpec, *, download: bool = False) -> LlamaSession:

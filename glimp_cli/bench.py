@@ -1,7 +1,7 @@
 """glimp bench: every problem of a JSONL file under each routing mode, checked, timed and summarised.
 
 The core (plan, run_bench, summarize) consumes the router's event stream and never prints;
-progress goes to an `on_progress` callback. The Rich display is the last section of this file.
+progress goes to an `on_progress` callback. The Rich display is in render_runs.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from glimp_cli.router import RouterSettings, run
 from glimp_cli.session import Session
 from glimp_cli.store import ResultStore
 
-DEFAULT_MODES = ",".join(MODES)
+PROBE_ENTROPIES = "probe_entropies"  # a probed record's step entropies in every mode: {"full": [...], "topk": [...]}
 DEFAULT_RATE = 0.25
 # The single-model baselines answer with their own model, so that `small` never runs the large one.
 BASELINE_ANSWER_BY = {"small": "small", "large": "large"}
@@ -101,54 +101,29 @@ class BenchProgress:
 ProgressCallback = Callable[[BenchProgress], None]
 
 
-def parse_modes(text: str) -> tuple[str, ...]:
-    """'glimp,small' -> ('glimp', 'small'); unknown names are a ConfigError."""
-    modes: list[str] = []
-    for name in (part.strip() for part in text.split(",")):
-        if name not in MODES:
-            raise ConfigError(f"--modes: unknown mode '{name}'{did_you_mean(name, MODES)}; choose from {', '.join(MODES)}")
-        if name not in modes:
-            modes.append(name)
-    return tuple(modes)
-
-
-def parse_thresholds(text: str) -> tuple[float, ...]:
-    """'0.5,1.0' -> (0.5, 1.0) nats, or a ConfigError."""
-    values: list[float] = []
-    for part in text.split(","):
-        value = parse_number(part, option="--threshold")
-        if value not in values:
-            values.append(value)
-    return tuple(values)
-
-
-def parse_number(text: str, *, option: str) -> float:
-    """A finite number >= 0 from the command line, or a ConfigError naming the option."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{option} must be a number, got '{text.strip()}'") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{option} must be a number, 0 or more, got '{text.strip()}'")
-    return value
-
-
 def make_plan(
     data: Path,
     *,
     settings: RouterSettings,
-    modes: str = DEFAULT_MODES,
-    thresholds: str | None = None,
-    rate: str = str(DEFAULT_RATE),
+    modes: tuple[str, ...] = MODES,
+    thresholds: tuple[float, ...] | None = None,
+    rate: float = DEFAULT_RATE,
     problem_key: str | None = None,
     answer_key: str | None = None,
     offset: int = 0,
     limit: int | None = None,
 ) -> BenchPlan:
-    """Check the options and read the data file (before any model loads)."""
-    mode_names = parse_modes(modes)
-    threshold_values = parse_thresholds(thresholds) if thresholds is not None else (settings.threshold,)
-    rate_value = parse_number(rate, option="--rate")
+    """Check the options and read the data file (before any model loads).
+
+    Args:
+        modes: routing modes (repeats dropped); thresholds: glimp's, in nats (None or empty: the pair's).
+    """
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown:
+        raise ConfigError(f"unknown mode '{unknown[0]}'{did_you_mean(unknown[0], MODES)}; choose from {', '.join(MODES)}")
+    mode_names = tuple(dict.fromkeys(modes))
+    threshold_values = tuple(dict.fromkeys(thresholds)) if thresholds else (settings.threshold,)
+    rate_value = rate
     make_policy("random", rate=rate_value)  # the same range check as `glimp ask --rate`
     problems = load_problems(data, problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit)
     return BenchPlan(
@@ -221,27 +196,29 @@ def run_bench(
     is_equivalent("0", "1")  # imports math_verify now: a one-time cost, not the first problem's overhead
     try:
         for condition in plan.fixed_conditions():
-            done = _run_condition(plan, condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
+            done = run_condition(plan, condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
         if "random" in plan.modes:
             random_condition = _random_condition(plan, store)
-            _run_condition(plan, random_condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
+            run_condition(plan, random_condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
     finally:
         summary = summarize(store.records, run=store.fingerprint, planned=_completion(plan, store), overhead=overhead.record())
         store.write_summary(summary, summary_markdown(summary))
     return summary
 
 
-def _run_condition(
+def run_condition(
     plan: BenchPlan,
     condition: Condition,
     *,
-    done: int,
+    done: int = 0,
     small: Session,
     large: Session,
     store: ResultStore,
-    on_progress: ProgressCallback | None,
-    overhead: Overhead,
+    on_progress: ProgressCallback | None = None,
+    overhead: Overhead | None = None,
 ) -> int:
+    """Every problem of the plan under one condition, skipping those already in the store; returns `done`."""
+    overhead = overhead if overhead is not None else Overhead()
     scored = correct = 0
     clock = time.perf_counter()
 
@@ -278,7 +255,7 @@ def solve(problem: Problem, condition: Condition, *, small: Session, large: Sess
     summary = run(problem.text, small=small, large=large, settings=settings, policy=policy)
     thinking = "".join(step.text for step in summary.steps)
     predicted = extract_answer(summary.answer) or extract_answer(thinking + summary.answer)
-    return {
+    record = {
         "id": problem.id,
         "mode": condition.mode,
         "threshold": condition.threshold,
@@ -297,6 +274,12 @@ def solve(problem: Problem, condition: Condition, *, small: Session, large: Sess
         "finish_reason": summary.finish_reason,
         "seed": seed,
     }
+    if policy.needs_probe:  # every step was probed: both modes' entropies (nats), for calibrate
+        record[PROBE_ENTROPIES] = {
+            "full": [None if s.entropy_full is None else s.entropy_full + 0.0 for s in summary.steps],  # + 0.0: no -0.0
+            "topk": [None if s.entropy_topk is None else s.entropy_topk + 0.0 for s in summary.steps],
+        }
+    return record
 
 
 def problem_seed(run_seed: int, problem_id: str | int) -> int:

@@ -1,11 +1,12 @@
 """glimp calibrate: choose the entropy threshold from data.
 
-The probe pass runs the small model alone through the problems (bench's `small` condition) and
-records the initial-token entropy of every step in both entropy modes; the threshold for a target
-share of large-model steps is a quantile of those entropies. The sweep pass runs the routed
-pipeline at candidate thresholds, with `small` and `large` as references, through bench's result
-store, and picks a threshold by an objective. `--save` writes glimp-calibration.yaml, never
-models.yaml. The core never prints; the Rich display is the last section of this file.
+The probe pass is bench's run loop with the small model alone (its `small` condition): each
+record carries the entropies of every step in both modes, read from the router's Step events.
+The threshold for a target share of large-model steps is a quantile of those entropies. The
+sweep pass runs the routed pipeline at candidate thresholds, with `small` and `large` as
+references, through bench's result store, and picks a threshold by an objective. `--save`
+writes glimp-calibration.yaml (calibration_file.py), never models.yaml. The core never prints;
+the Rich display is in render_runs.py.
 
 The quantile rule: with n entropies and a rate r, k = round(r * n), halves rounded up. The
 threshold leaves exactly k entropies strictly above it (entropy <= threshold -> small). Ties at
@@ -16,9 +17,7 @@ the smaller count when two are equally close, and the report says the count is n
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -27,16 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from glimp_cli.bench import BenchPlan, BenchProgress, Condition, ProgressCallback, parse_number, run_bench, solve, summarize
+from glimp_cli.bench import PROBE_ENTROPIES as PROBE_KEY
+from glimp_cli.bench import BenchPlan, Condition, ProgressCallback, run_bench, run_condition, summarize
 from glimp_cli.bench import fingerprint as bench_fingerprint
 from glimp_cli.bench import make_plan as make_bench_plan
 from glimp_cli.config import ModelSpec, PairSpec
-from glimp_cli.entropy import ENTROPY_MODES, full_entropy, topk_entropy
-from glimp_cli.errors import ConfigError, DataError, RunError, did_you_mean
+from glimp_cli.entropy import ENTROPY_MODES
+from glimp_cli.errors import ConfigError, DataError, did_you_mean
 from glimp_cli.router import RouterSettings
-from glimp_cli.session import Sampling, Session
+from glimp_cli.session import Session
 from glimp_cli.store import ResultStore
 
 DEFAULT_TARGET_RATE = 0.25  # the paper recommends 20-30% of steps on the large model
@@ -48,12 +47,6 @@ OPEN_GAP = 1.0  # nats above the largest entropy: where a threshold that sends n
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 HISTOGRAM_WIDTHS = (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0)  # nats per bin; the first giving few enough bins
 MAX_HISTOGRAM_BINS = 16
-PROBE_KEY = "probe_entropies"  # the probe's extra field in a `small` record: {"full": [...], "topk": [...]}
-CALIBRATION_HEADER = (
-    "# glimp calibration: entropy thresholds chosen by `glimp calibrate --save`, by pair.\n"
-    "# `glimp ask` and `glimp bench` use them when no --threshold is given; models.yaml is not changed.\n"
-    "# An entry applies while the pair has the same small and large models; delete it to go back.\n"
-)
 
 
 # -- the quantile ----------------------------------------------------------------
@@ -156,57 +149,45 @@ class CalibrationPlan:
         return self.bench.settings
 
 
-def parse_rate(text: str, *, option: str) -> float:
-    """A share strictly between 0 and 1, or a ConfigError naming the option."""
-    value = parse_number(text, option=option)
-    if not 0.0 < value < 1.0:
-        raise ConfigError(f"{option} must be between 0 and 1 (exclusive), got '{text.strip()}'")
-    return value
-
-
-def parse_list(text: str, *, option: str, parse: Callable[..., float]) -> tuple[float, ...]:
-    """'0.1, 0.2,,0.1' -> (0.1, 0.2): comma-separated values, empty parts and repeats dropped."""
-    values: list[float] = []
-    for part in (p for p in text.split(",") if p.strip()):
-        value = parse(part, option=option)
-        if value not in values:
-            values.append(value)
-    return tuple(values)
-
-
 def make_plan(
     data: Path,
     *,
     settings: RouterSettings,
-    target_rate: str = str(DEFAULT_TARGET_RATE),
+    target_rate: float = DEFAULT_TARGET_RATE,
     sweep: bool = False,
-    thresholds: str | None = None,
-    rates: str | None = None,
+    thresholds: tuple[float, ...] | None = None,
+    rates: tuple[float, ...] | None = None,
     objective: str = "accuracy",
-    max_latency: str = str(DEFAULT_MAX_LATENCY),
-    margin: str = str(DEFAULT_MARGIN),
+    max_latency: float = DEFAULT_MAX_LATENCY,
+    margin: float = DEFAULT_MARGIN,
     problem_key: str | None = None,
     answer_key: str | None = None,
     offset: int = 0,
     limit: int | None = None,
 ) -> CalibrationPlan:
-    """Check the options and read the data file (before any model loads)."""
-    target = parse_rate(target_rate, option="--target-rate")
-    threshold_values = parse_list(thresholds, option="--thresholds", parse=parse_number) if thresholds is not None else ()
-    rate_values = parse_list(rates, option="--rates", parse=parse_rate) if rates is not None else ()
+    """Check the options and read the data file (before any model loads).
+
+    Args:
+        target_rate, rates: large-step shares in (0, 1); thresholds: nats; max_latency: x large's; margin: accuracy.
+    """
+    for rate in (target_rate, *(rates or ())):
+        if not 0.0 < rate < 1.0:
+            raise ConfigError(f"a large-step share must be between 0 and 1 (exclusive), got {rate:g}")
+    target = target_rate
+    threshold_values = tuple(dict.fromkeys(thresholds or ()))
+    rate_values = tuple(dict.fromkeys(rates or ()))
     if not sweep and (thresholds is not None or rates is not None):
         raise ConfigError("--thresholds and --rates give the candidates of a sweep: add --sweep")
     if sweep and not (threshold_values or rate_values):
         raise ConfigError("--sweep has no thresholds to try: pass --thresholds (nats, e.g. 0.5,1,1.5) or --rates (large-step shares, e.g. 0.1,0.2,0.3)")
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'{did_you_mean(objective, OBJECTIVES)}")
-    max_latency_value = parse_number(max_latency, option="--max-latency")
-    if max_latency_value <= 0:
-        raise ConfigError(f"--max-latency must be above 0 (a multiple of the large model's latency), got '{max_latency}'")
-    margin_value = parse_number(margin, option="--margin")
-    if margin_value > 1:
-        raise ConfigError(f"--margin is an accuracy difference between 0 and 1, got '{margin}'")
-    plan = make_bench_plan(data, settings=settings, modes="small", problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit)
+    if not max_latency > 0:
+        raise ConfigError(f"--max-latency must be above 0 (a multiple of the large model's latency), got {max_latency:g}")
+    if not 0 <= margin <= 1:
+        raise ConfigError(f"--margin is an accuracy difference between 0 and 1, got {margin:g}")
+    max_latency_value, margin_value = max_latency, margin
+    plan = make_bench_plan(data, settings=settings, modes=("small",), problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit)
     return CalibrationPlan(
         bench=plan,
         target_rate=target,
@@ -239,77 +220,22 @@ class ProbeCondition(Condition):
 PROBE = ProbeCondition("small")
 
 
-class EntropyRecorder:
-    """A Session proxy that records the full and top-k entropy of every logits array it returns.
-
-    The router's Probe event carries only the configured mode's entropy; wrapping the small
-    session gets both modes from the same pass without touching the router. The router reads
-    logits only to probe, once per step, so the first len(steps) recordings of a problem are its
-    steps' probes (a probe cut off by the context, or an empty last step, can only come after).
-    Everything else is passed to the wrapped session.
-    """
-
-    def __init__(self, session: Session, *, top_k: int) -> None:
-        self._session = session
-        self.top_k = top_k
-        self.full: list[float] = []  # nats, one per next_token_logits() since start()
-        self.topk: list[float] = []
-
-    def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
-        self.full, self.topk = [], []
-        self._session.start(problem, sampling=sampling, reserve=reserve)
-
-    def next_token_logits(self) -> np.ndarray:
-        logits = self._session.next_token_logits()
-        self.full.append(full_entropy(logits))
-        self.topk.append(topk_entropy(logits, k=self.top_k))
-        return logits
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
-
-    def step_entropies(self, record: dict[str, Any], *, mode: str) -> dict[str, list[float]]:
-        """Both modes' entropies of a finished bench record's steps, checked against the router's."""
-        steps = record["steps"]
-        recorded = {"full": self.full[:steps], "topk": self.topk[:steps]}
-        if len(recorded[mode]) != steps or [round(e, 6) + 0.0 for e in recorded[mode]] != record["entropies"]:
-            raise RunError(f"problem {record['id']!r}: the recorded probes do not line up with the router's {steps} steps")
-        return recorded
-
-
 def run_probe(
     plan: BenchPlan, *, small: Session, large: Session, store: ResultStore, on_progress: ProgressCallback | None = None
 ) -> list[dict[str, Any]]:
-    """The small model alone through every problem, its `small` records (with PROBE_KEY) in problem
-    order; records already in the store are reused."""
-    recorder = EntropyRecorder(small, top_k=plan.settings.top_k)
-    records: list[dict[str, Any]] = []
-    correct = 0
-
-    def notify(status: str, position: int, record: dict[str, Any] | None) -> None:
-        if on_progress is not None:
-            done = len(records)
-            on_progress(BenchProgress(status, done, len(plan.problems), PROBE, position, len(plan.problems), done, correct, record))
-
-    for position, problem in enumerate(plan.problems, start=1):
+    """The small model alone through every problem (bench's loop, `small` condition), its records
+    in problem order; records already in the store are reused."""
+    for problem in plan.problems:
         record = store.get(PROBE.key(problem.id))
-        status = "skipped" if record is not None else "finished"
-        if record is None:
-            notify("running", position, None)
-            record = solve(problem, PROBE, small=recorder, large=large, settings=plan.settings)
-            record[PROBE_KEY] = recorder.step_entropies(record, mode=plan.settings.entropy_mode)
-            store.append(record)
-        elif PROBE_KEY not in record:
+        if record is not None and PROBE_KEY not in record:
             raise DataError(f"{store.results_path}: the small result of problem {problem.id!r} has no probe entropies: pass --force to start over")
-        records.append(record)
-        correct += bool(record["correct"])
-        notify(status, position, record if status == "finished" else None)
-    return records
+    run_condition(plan, PROBE, small=small, large=large, store=store, on_progress=on_progress)
+    return [store.get(PROBE.key(problem.id)) for problem in plan.problems]
 
 
 def probe_entropies(records: Iterable[dict[str, Any]], mode: str) -> list[float]:
     """Every step's initial-token entropy (nats) in one mode, pooled over problems in order."""
-    return [e for record in records for e in record[PROBE_KEY][mode]]
+    return [e for record in records for e in record[PROBE_KEY][mode] if e is not None]  # None: not measured by this engine
 
 
 def distribution(entropies: Sequence[float]) -> dict[str, float]:
@@ -507,45 +433,3 @@ def _chosen(report: dict[str, Any]) -> dict[str, Any]:
         }
     at_rate = report["probe"]["modes"][report["entropy_mode"]]["threshold"]
     return {"method": "probe", "threshold": at_rate["threshold"], "target_rate": at_rate["rate"], "large_share": at_rate["share"]}
-
-
-# -- saving ---------------------------------------------------------------------------
-
-
-def save_calibration(report: dict[str, Any], path: Path) -> Path:
-    """Record the report's threshold for its pair in a calibration file; other pairs' entries stay."""
-    entries = _read_calibrations(path)
-    entry = {
-        "threshold": report["threshold"],
-        "entropy": report["entropy_mode"],
-        "small": report["small"],
-        "large": report["large"],
-        "data": report["data"],
-        "problems": report["probe"]["problems"],
-        "steps": report["probe"]["steps"],
-        "method": report["method"],
-        "target_rate": report["target_rate"],
-        "large_share": round(report["large_share"], 6),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if report["sweep"] is not None:
-        entry["objective"] = report["sweep"]["rule"]
-    entries[report["pair"]] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(CALIBRATION_HEADER + yaml.safe_dump({"pairs": entries}, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)  # whole file or nothing
-    return path.absolute()
-
-
-def _read_calibrations(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: unreadable calibration file ({str(exc).splitlines()[0]}): fix or delete it") from None
-    entries = raw.get("pairs", {}) if isinstance(raw, dict) else None
-    if not isinstance(entries, dict):
-        raise ConfigError(f"{path}: expected a mapping 'pairs:' of calibrated pairs: fix or delete the file")
-    return entries

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,11 @@ import yaml
 
 from glimp_cli.entropy import ENTROPY_MODES
 from glimp_cli.errors import ConfigError, did_you_mean
+from glimp_cli.router import RouterSettings
+from glimp_cli.session import Sampling
 
 CONFIG_FILENAME = "models.yaml"
 PACKAGED_CONFIG = Path(__file__).with_name(CONFIG_FILENAME)
-CALIBRATION_FILENAME = "glimp-calibration.yaml"
 DEFAULT_N_CTX = 4096
 DEFAULT_STEP_MAX_TOKENS = 512
 DEFAULT_THINKING_BUDGET = 8192
@@ -55,7 +58,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class PairSpec:
-    """A small/large pair and its routing settings."""
+    """A small/large pair and its routing settings: the one home of their defaults (checks: PAIR_CHECKS)."""
 
     name: str
     small: str
@@ -91,6 +94,94 @@ class Config:
         if name not in self.models:
             raise ConfigError(f"{self.path}: unknown model '{name}'{did_you_mean(name, self.models)}; configured: {', '.join(self.models)}")
         return self.models[name]
+
+
+# -- the checks of every setting, shared by models.yaml and the command line ---------------------
+
+Check = Callable[[Any], "str | None"]  # a value -> what is wrong with it (the allowed range), or None
+
+
+def at_least(low: int) -> Check:
+    return lambda value: None if value >= low else f"must be {low} or more"
+
+
+def non_negative_number(value: float) -> str | None:
+    return None if math.isfinite(value) and value >= 0 else "must be a finite number, 0 or more"
+
+
+def one_of(choices: tuple[str, ...]) -> Check:
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+
+
+def not_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+PAIR_CHECKS: dict[str, Check] = {
+    "threshold": non_negative_number,  # nats
+    "entropy": one_of(ENTROPY_MODES),
+    "top_k": at_least(1),
+    "delimiter": not_empty,
+    "answer_by": one_of(ANSWER_BY),
+    "step_max_tokens": at_least(1),
+    "thinking_budget": at_least(1),
+    "answer_max_tokens": at_least(1),
+}
+MIN_N_CTX = 256  # room for a prompt, a step and an answer; below it llama.cpp or the first step fails
+MODEL_CHECKS: dict[str, Check] = {
+    "prompt": lambda value: None if value is None or "{problem}" in value else "must contain {problem} (where the problem goes)",
+    "n_gpu_layers": at_least(-1),
+    "n_ctx": at_least(MIN_N_CTX),
+    "n_threads": lambda value: None if value is None else at_least(1)(value),
+    "n_batch": at_least(1),
+}
+SAMPLING_CHECKS: dict[str, Check] = {
+    "temperature": non_negative_number,
+    "top_p": lambda value: None if 0.0 < value <= 1.0 else "must be above 0 and at most 1",
+}
+
+
+def override_pair(pair: PairSpec, overrides: Mapping[str, Any], *, names: Mapping[str, str]) -> PairSpec:
+    """The pair with command-line values for its keys (None: not given), checked as models.yaml is.
+
+    Args:
+        names: the option that set each key, for the error message (e.g. "--max-step-tokens").
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    for key, value in given.items():
+        problem = PAIR_CHECKS[key](value) if key in PAIR_CHECKS else None
+        if problem:
+            raise ConfigError(f"{names.get(key, key)} {problem}, got {value!r}")
+    return dataclasses.replace(pair, **given)
+
+
+def check_sampling(sampling: Sampling, *, names: Mapping[str, str]) -> Sampling:
+    """The sampling settings, or a ConfigError naming the option whose value is out of range."""
+    for key, check in SAMPLING_CHECKS.items():
+        value = getattr(sampling, key)
+        problem = check(value)
+        if problem:
+            raise ConfigError(f"{names.get(key, key)} {problem}, got {value!r}")
+    return sampling
+
+
+def router_settings(pair: PairSpec, *, sampling: Sampling) -> RouterSettings:
+    """What the routing loop needs from a pair (the router does not read config)."""
+    return RouterSettings(
+        threshold=pair.threshold,
+        entropy_mode=pair.entropy,
+        top_k=pair.top_k,
+        delimiter=pair.delimiter,
+        end_markers=pair.end_markers,
+        answer_markers=pair.answer_markers,
+        answer_prefix=pair.answer_prefix,
+        answer_stops=pair.answer_stops,
+        answer_by=pair.answer_by,
+        step_max_tokens=pair.step_max_tokens,
+        thinking_budget=pair.thinking_budget,
+        answer_max_tokens=pair.answer_max_tokens,
+        sampling=sampling,
+    )
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -204,6 +295,10 @@ def _build_model(name: str, body: Any, where, base_dir: Path) -> ModelSpec:
         raise ConfigError(f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf (has {', '.join(sources) or 'none'})")
     if values.get("package") and not (values.get("file") or values.get("assemble")):
         raise ConfigError(f"{where('models', name)}: model '{name}' names a package: add 'file' (path inside it) or 'assemble: true'")
+    for key, value in values.items():
+        problem = MODEL_CHECKS[key](value) if key in MODEL_CHECKS else None
+        if problem:
+            raise ConfigError(f"{where('models', name, key)}: {key} {problem}, got {value!r}")
     return ModelSpec(name=name, base_dir=str(base_dir), **values)
 
 
@@ -215,48 +310,8 @@ def _build_pair(name: str, body: Any, where, models: dict[str, ModelSpec]) -> Pa
             raise ConfigError(f"{where('pairs', name)}: pair '{name}' needs '{role}'")
         if model not in models:
             raise ConfigError(f"{where('pairs', name, role)}: unknown model '{model}'{did_you_mean(model, models)}")
-    if values.get("entropy", "full") not in ENTROPY_MODES:
-        raise ConfigError(f"{where('pairs', name, 'entropy')}: entropy must be one of {', '.join(ENTROPY_MODES)}")
-    if values.get("answer_by", "large") not in ANSWER_BY:
-        raise ConfigError(f"{where('pairs', name, 'answer_by')}: answer_by must be one of {', '.join(ANSWER_BY)}")
-    if values.get("delimiter") == "":
-        raise ConfigError(f"{where('pairs', name, 'delimiter')}: delimiter must not be empty")
+    for key, value in values.items():
+        problem = PAIR_CHECKS[key](value) if key in PAIR_CHECKS else None
+        if problem:
+            raise ConfigError(f"{where('pairs', name, key)}: {key} {problem}, got {value!r}")
     return PairSpec(name=name, **values)
-
-
-def calibration_path(config_path: str | os.PathLike[str]) -> Path:
-    """Where `glimp calibrate --save` keeps thresholds for a models.yaml: beside it, or for the
-    packaged one in $XDG_CONFIG_HOME/glimp (default ~/.config/glimp)."""
-    config_path = Path(config_path)
-    if config_path.resolve() == PACKAGED_CONFIG.resolve():
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        return base / "glimp" / CALIBRATION_FILENAME
-    return config_path.with_name(CALIBRATION_FILENAME)
-
-
-def apply_calibration(config: Config, path: str | os.PathLike[str] | None = None) -> Config:
-    """The config with each pair's threshold and entropy mode replaced by its saved calibration.
-
-    A calibration applies only while the pair still has the small and large models it was measured
-    with; without a calibration file (default: calibration_path(config.path)) the config is unchanged.
-    """
-    path = Path(path) if path is not None else calibration_path(config.path)
-    if not path.is_file():
-        return config
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: unreadable calibration file ({str(exc).splitlines()[0]}): fix or delete it") from None
-    entries = raw.get("pairs") if isinstance(raw, dict) else None
-    if not isinstance(entries, dict):
-        raise ConfigError(f"{path}: expected a mapping 'pairs:' of calibrated pairs: fix or delete the file")
-    pairs = dict(config.pairs)
-    for name, entry in entries.items():
-        pair = pairs.get(str(name))
-        if pair is None or not isinstance(entry, dict) or (entry.get("small"), entry.get("large")) != (pair.small, pair.large):
-            continue  # another config's pair, or measured on other models: stale
-        threshold, entropy = entry.get("threshold"), entry.get("entropy")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or entropy not in ENTROPY_MODES:
-            raise ConfigError(f"{path}: pair '{name}' needs a numeric 'threshold' and 'entropy' one of {', '.join(ENTROPY_MODES)}: fix or delete the entry")
-        pairs[pair.name] = dataclasses.replace(pair, threshold=float(threshold), entropy=entropy)
-    return dataclasses.replace(config, pairs=pairs)

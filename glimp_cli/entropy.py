@@ -39,6 +39,11 @@ def topk_entropy(logits: np.ndarray, *, k: int = DEFAULT_TOP_K) -> float:
     return _entropy_of(top)
 
 
+def initial_token_entropies(logits: np.ndarray, *, top_k: int = DEFAULT_TOP_K) -> dict[str, float]:
+    """The router's difficulty signal in every mode, in nats (a probe measures both)."""
+    return {"full": full_entropy(logits), "topk": topk_entropy(logits, k=top_k)}
+
+
 def initial_token_entropy(logits: np.ndarray, *, mode: EntropyMode = "full", top_k: int = DEFAULT_TOP_K) -> float:
     """The router's difficulty signal for one step, in nats."""
     if mode == "full":

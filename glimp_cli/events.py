@@ -12,7 +12,9 @@ class Probe:
     """The small model's first-token entropy at the start of a step (nats)."""
 
     step: int
-    entropy: float
+    entropy: float  # in the mode the router uses
+    entropy_full: float | None  # both modes where the engine measures them (calibrate reads them)
+    entropy_topk: float | None
     token_text: str
     model: str  # chosen writer: "small" | "large"
     threshold: float
@@ -35,7 +37,9 @@ class Step:
     model: str
     text: str
     tokens: int
-    entropy: float | None
+    entropy: float | None  # nats, in the router's mode; None when the step was not probed
+    entropy_full: float | None
+    entropy_topk: float | None
     seconds: float
     finish: str  # "delimiter" | "eos" | "end_marker" | "answer_marker" | "step_cap" | "budget" | "context"
 
@@ -103,7 +107,16 @@ def summary_record(summary: Summary) -> dict[str, Any]:
         "mode": summary.mode,
         "threshold": summary.threshold,
         "steps": [
-            {"model": s.model, "entropy": s.entropy, "tokens": s.tokens, "text": s.text, "seconds": round(s.seconds, 6), "finish": s.finish}
+            {
+                "model": s.model,
+                "entropy": s.entropy,
+                "entropy_full": s.entropy_full,
+                "entropy_topk": s.entropy_topk,
+                "tokens": s.tokens,
+                "text": s.text,
+                "seconds": round(s.seconds, 6),
+                "finish": s.finish,
+            }
             for s in summary.steps
         ],
         "large_step_rate": summary.large_step_rate,

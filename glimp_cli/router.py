@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from glimp_cli.config import PairSpec
-from glimp_cli.entropy import initial_token_entropy
+from glimp_cli.errors import ConfigError
 from glimp_cli.events import Answer, Delta, Event, ModelTotals, Probe, Step, Summary
 from glimp_cli.policy import Policy
 from glimp_cli.session import Sampling, Session, StepOutput
@@ -18,21 +17,21 @@ ANSWER_PREFIX_RESERVE = 32  # tokens kept free for the answer prefix
 
 @dataclass(frozen=True)
 class RouterSettings:
-    """Everything the loop needs besides the models; built from a pair, overridden with replace()."""
+    """Everything the loop needs besides the models; built by config.router_settings(), overridden with replace()."""
 
-    threshold: float
-    entropy_mode: str = "full"
-    top_k: int = 20
-    delimiter: str = "\n\n"
-    end_markers: tuple[str, ...] = ("</think>",)
-    answer_markers: tuple[str, ...] = ("\\boxed{",)
-    answer_prefix: str = ""
-    answer_stops: tuple[str, ...] = ()
-    answer_by: str = "large"
-    step_max_tokens: int = 512
-    thinking_budget: int = 8192
-    answer_max_tokens: int = 256
-    sampling: Sampling = field(default_factory=Sampling)
+    threshold: float  # nats: entropy <= threshold -> the small model writes the step
+    entropy_mode: str  # "full" | "topk"
+    top_k: int
+    delimiter: str
+    end_markers: tuple[str, ...]
+    answer_markers: tuple[str, ...]
+    answer_prefix: str
+    answer_stops: tuple[str, ...]
+    answer_by: str  # "large" | "small" | "last"
+    step_max_tokens: int
+    thinking_budget: int
+    answer_max_tokens: int
+    sampling: Sampling
 
     @property
     def reserve(self) -> int:
@@ -40,30 +39,16 @@ class RouterSettings:
         return self.answer_max_tokens + ANSWER_PREFIX_RESERVE
 
 
-def settings_from_pair(pair: PairSpec, **overrides) -> RouterSettings:
-    """RouterSettings from a models.yaml pair, with keyword overrides."""
-    return RouterSettings(
-        threshold=pair.threshold,
-        entropy_mode=pair.entropy,
-        top_k=pair.top_k,
-        delimiter=pair.delimiter,
-        end_markers=pair.end_markers,
-        answer_markers=pair.answer_markers,
-        answer_prefix=pair.answer_prefix,
-        answer_stops=pair.answer_stops,
-        answer_by=pair.answer_by,
-        step_max_tokens=pair.step_max_tokens,
-        thinking_budget=pair.thinking_budget,
-        answer_max_tokens=pair.answer_max_tokens,
-        **overrides,
-    )
-
-
 def route(
     problem: str, *, small: Session, large: Session, settings: RouterSettings, policy: Policy
 ) -> Iterator[Event]:
     """Think step by step with two models, then answer. Yields events; the last one is the Summary."""
     started = time.perf_counter()
+    if policy.needs_probe and settings.entropy_mode not in small.entropy_modes:
+        raise ConfigError(
+            f"entropy mode '{settings.entropy_mode}' is not available from the small model's engine "
+            f"(it measures {', '.join(small.entropy_modes)}): set entropy to one of those"
+        )
     sessions = {"small": small, "large": large}
     for session in sessions.values():
         session.start(problem, sampling=settings.sampling, reserve=settings.reserve)
@@ -77,7 +62,7 @@ def route(
     while finish_reason is None:
         index = len(steps) + 1
         step_started = time.perf_counter()
-        entropy, first_token = None, None
+        first = None
         budget_left = settings.thinking_budget - thinking_tokens
         if budget_left <= 0:  # before probing: a probe costs a small-model evaluation
             finish_reason = "budget"
@@ -87,8 +72,8 @@ def route(
             if small.context_room() <= settings.reserve:
                 finish_reason = "context"
                 break
-            entropy = initial_token_entropy(small.next_token_logits(), mode=settings.entropy_mode, top_k=settings.top_k)
-            first_token = small.sample()
+            first = small.probe(top_k=settings.top_k)
+        entropy = first.entropies[settings.entropy_mode] if first is not None else None
         choice = policy.choose(entropy, settings.threshold, rng)
 
         writer = sessions[choice]
@@ -99,10 +84,19 @@ def route(
             finish_reason = "context"
             break
         # Yielded only once the step will be written: no Probe for a step cut off before it starts.
-        if entropy is not None:
-            yield Probe(step=index, entropy=entropy, token_text=small.token_text(first_token), model=choice, threshold=settings.threshold)
+        entropies = first.entropies if first is not None else {}
+        if first is not None:
+            yield Probe(
+                step=index,
+                entropy=entropy,
+                entropy_full=entropies.get("full"),
+                entropy_topk=entropies.get("topk"),
+                token_text=first.text,
+                model=choice,
+                threshold=settings.threshold,
+            )
         out = yield from _stream(
-            writer.generate_step(first_token=first_token if choice == "small" else None, stops=stops, max_tokens=max_tokens),
+            writer.generate_step(first_token=first.token if first is not None and choice == "small" else None, stops=stops, max_tokens=max_tokens),
             step=index,
             model=choice,
         )
@@ -111,7 +105,19 @@ def route(
         step_finish = _step_finish(out, settings, limits=(settings.step_max_tokens, budget_left, room))
         repeated = bool(steps) and bool(out.text.strip()) and out.text == steps[-1].text
         if out.text or out.finish != "eos":
-            steps.append(Step(index, choice, out.text, out.tokens, entropy, time.perf_counter() - step_started, step_finish))
+            steps.append(
+                Step(
+                    index=index,
+                    model=choice,
+                    text=out.text,
+                    tokens=out.tokens,
+                    entropy=entropy,
+                    entropy_full=entropies.get("full"),
+                    entropy_topk=entropies.get("topk"),
+                    seconds=time.perf_counter() - step_started,
+                    finish=step_finish,
+                )
+            )
             yield steps[-1]
         if step_finish not in ("delimiter", "step_cap"):
             finish_reason = step_finish

@@ -1,12 +1,10 @@
-"""The contract between the router and an inference engine (one per model)."""
+"""The contract between the router and an inference engine (one session per model)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-
-import numpy as np
 
 DEFAULT_TEMPERATURE = 0.6
 DEFAULT_TOP_P = 0.95
@@ -21,6 +19,15 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class FirstToken:
+    """A probe's result: the first token of the next step, not yet part of the transcript."""
+
+    token: object  # opaque: only the session that made it continues from it (generate_step)
+    text: str
+    entropies: Mapping[str, float]  # nats, by entropy mode; the modes the session supports
+
+
+@dataclass(frozen=True)
 class StepOutput:
     text: str  # exactly what was appended to the session's transcript
     tokens: int  # tokens sampled by the model (EOS not counted)
@@ -31,26 +38,26 @@ class StepOutput:
 @dataclass
 class Counters:
     prefill_tokens: int = 0  # evaluated, not sampled by this model: prompt, catch-up, boundary re-tokenization
-    decode_calls: int = 0  # llama_decode calls after the prompt's
+    decode_calls: int = 0  # engine calls after the prompt's (llama_decode for llama.cpp)
     generated_tokens: int = 0  # sampled and kept (EOS not counted)
-    evaluated_tokens: int = 0  # every token handed to llama_decode, counted independently of the cache
-    single_after_batch: int = 0  # one-token decodes right after a multi-token call (a CUDA build rebuilds its graph there)
+    evaluated_tokens: int = 0  # every token handed to the engine, counted independently of the cache
 
 
 class Session(Protocol):
     """One model's context: its prompt plus the shared transcript, never re-prefilled."""
 
     counters: Counters
+    entropy_modes: tuple[str, ...]  # what probe() can measure: "full" (whole vocabulary), "topk"
 
     def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
-        """Reset to this problem's prompt (evaluated lazily) and a fresh sampler; check `reserve` tokens fit after it."""
+        """Reset to this problem's prompt and a fresh sampler; check `reserve` tokens fit after it."""
 
     @property
     def text(self) -> str:
         """The transcript this session's cache holds (after its prompt)."""
 
     def catch_up(self, transcript: str) -> None:
-        """Append what `transcript` has beyond `self.text`; evaluated in one batch when next needed."""
+        """Append what `transcript` has beyond `self.text` (evaluated when next needed)."""
 
     def context_room(self) -> int:
         """Tokens that still fit in the context window."""
@@ -58,16 +65,12 @@ class Session(Protocol):
     def context_tokens(self) -> int:
         """Tokens the context holds (prompt + transcript), evaluated or pending."""
 
-    def next_token_logits(self) -> np.ndarray:
-        """A copy of the next-token logits (evaluates pending tokens first)."""
-
-    def sample(self) -> int:
-        """Sample the next token from the current logits without evaluating it."""
-
-    def token_text(self, token: int) -> str:
-        """The text of one token."""
+    def probe(self, *, top_k: int) -> FirstToken:
+        """Sample the next token and measure the entropy of its distribution in every supported mode
+        (topk: over the top_k most likely tokens, renormalised); the transcript does not change."""
 
     def generate_step(
-        self, *, first_token: int | None, stops: Sequence[str], max_tokens: int
+        self, *, first_token: object | None, stops: Sequence[str], max_tokens: int
     ) -> Generator[str, None, StepOutput]:
-        """Write until a stop string, EOS or max_tokens; yields safe text pieces, returns the step."""
+        """Write until a stop string, EOS or max_tokens, starting with a probe's token if given;
+        yields safe text pieces, returns the step."""

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glimp_cli.session import Counters, Sampling, StepOutput
+from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
+from glimp_cli.generation import Proposal, generate
+from glimp_cli.session import Counters, FirstToken, Sampling, StepOutput
 
 EOS = object()  # end-of-sequence marker inside a scripted step
 EOS_TEXT = "</s>"
@@ -68,6 +70,7 @@ class ScriptedSession:
         self._text = ""
         self._context_tokens = 0
         self.counters = Counters()
+        self.entropy_modes = ENTROPY_MODES
         # Recordings
         self.starts: list[tuple[str, Sampling, int]] = []
         self.catch_ups: list[str] = []
@@ -120,6 +123,11 @@ class ScriptedSession:
         piece = self._vocab[token]
         return EOS_TEXT if piece is EOS else piece
 
+    def probe(self, *, top_k: int) -> FirstToken:
+        logits = self.next_token_logits()
+        token = self.sample()
+        return FirstToken(token=token, text=self.token_text(token), entropies=initial_token_entropies(logits, top_k=top_k))
+
     def generate_step(
         self, *, first_token: int | None, stops: Sequence[str], max_tokens: int
     ) -> Generator[str, None, StepOutput]:
@@ -138,36 +146,7 @@ class ScriptedSession:
         if first_token is not None:
             # The probe's token is this step's first token: it replaces the script's first piece.
             pieces[:1] = [self._vocab[first_token]]
-        stop_strings = [s for s in stops if s]
-        body = ""
-        sampled = 0
-        finish, stop = "length", None
-        for piece in pieces:
-            if sampled >= max_tokens:
-                break
-            if piece is EOS:
-                finish = "eos"
-                break
-            sampled += 1
-            found = _earliest_stop(body + piece, stop_strings)
-            if found is not None:
-                cut, stop = found
-                kept = (body + piece)[len(body) : cut]
-                body += kept
-                if kept:
-                    yield kept
-                finish = "stop"
-                break
-            body += piece
-            yield piece
-        else:
-            if sampled < max_tokens:
-                raise AssertionError(f"{self.name}: scripted step ran out before a stop, EOS or max_tokens ({pieces!r})")
-        self._text += body
-        self._context_tokens += sampled
-        self.counters.generated_tokens += sampled
-        self.counters.decode_calls += sampled
-        return StepOutput(text=body, tokens=sampled, finish=finish, stop=stop)
+        return generate(_ScriptedTokens(self, pieces), stops=stops, max_tokens=max_tokens)
 
     # -- helpers ----------------------------------------------------------------
 
@@ -179,11 +158,28 @@ class ScriptedSession:
         return len(self._vocab) - 1
 
 
-def _earliest_stop(body: str, stops: Sequence[str]) -> tuple[int, str] | None:
-    """(end offset, stop) of the stop string that starts earliest in body."""
-    best = None
-    for stop in stops:
-        at = body.find(stop)
-        if at >= 0 and (best is None or at < best[0]):
-            best = (at, stop)
-    return None if best is None else (best[0] + len(best[1]), best[1])
+class _ScriptedTokens:
+    """The token source of a scripted step: one piece per proposal, EOS ends it."""
+
+    def __init__(self, session: ScriptedSession, pieces: list[object]) -> None:
+        self.session = session
+        self.pieces = pieces
+
+    def propose(self, limit: int) -> Proposal:
+        if not self.pieces:
+            raise AssertionError(f"{self.session.name}: scripted step ran out before a stop, EOS or max_tokens")
+        piece = self.pieces.pop(0)
+        return Proposal((), eos=True) if piece is EOS else Proposal((str(piece).encode("utf-8"),))
+
+    def settle(self, kept: int, tail: bytes) -> None:
+        pass
+
+    def commit(self, out: StepOutput) -> None:
+        session = self.session
+        session._text += out.text
+        session._context_tokens += out.tokens
+        session.counters.generated_tokens += out.tokens
+        session.counters.decode_calls += out.tokens
+
+    def rollback(self) -> None:
+        pass

@@ -225,7 +225,7 @@ def test_wrong_model_value_types_name_the_key_and_line(tmp_path, line_text, expe
 
 def test_entropy_mode_must_be_full_or_topk(tmp_path):
     message = _config_error(tmp_path, VALID + "    entropy: top20\n")
-    assert message == f"{tmp_path / 'models.yaml'}:10: entropy must be one of full, topk"
+    assert message == f"{tmp_path / 'models.yaml'}:10: entropy must be one of full, topk, got 'top20'"
 
 
 @pytest.mark.parametrize("mode", ["full", "topk"])
@@ -235,12 +235,12 @@ def test_entropy_modes_full_and_topk_are_accepted(tmp_path, mode):
 
 def test_answer_by_must_be_large_small_or_last(tmp_path):
     message = _config_error(tmp_path, VALID + "    answer_by: medium\n")
-    assert message == f"{tmp_path / 'models.yaml'}:10: answer_by must be one of large, small, last"
+    assert message == f"{tmp_path / 'models.yaml'}:10: answer_by must be one of large, small, last, got 'medium'"
 
 
 def test_empty_delimiter_is_rejected(tmp_path):
     message = _config_error(tmp_path, VALID + "    delimiter: \"\"\n")
-    assert message == f"{tmp_path / 'models.yaml'}:10: delimiter must not be empty"
+    assert message == f"{tmp_path / 'models.yaml'}:10: delimiter must not be empty, got ''"
 
 
 # --- find_config -------------------------------------------------------------------------------

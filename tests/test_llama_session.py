@@ -11,7 +11,8 @@ from llama_cpp import Llama
 
 from glimp_cli.entropy import full_entropy, initial_token_entropy, topk_entropy
 from glimp_cli.policy import make_policy
-from glimp_cli.router import run, settings_from_pair
+from glimp_cli.config import router_settings
+from glimp_cli.router import run
 from glimp_cli.session import Sampling
 
 from conftest import NATALIA, gsm8k_problem
@@ -74,6 +75,24 @@ def test_probe_entropy_matches_independent_reference_on_real_logits(demo_pair):
     assert (logits == before).all()
 
 
+def test_probe_measures_both_entropies_and_returns_the_sampled_token_without_keeping_it(demo_pair):
+    _, small, _ = demo_pair
+    small.start(NATALIA, sampling=GREEDY)
+    logits = small.next_token_logits()
+    first = small.probe(top_k=20)
+    assert set(first.entropies) == set(small.entropy_modes) == {"full", "topk"}
+    assert first.entropies["full"] == pytest.approx(reference_entropy(logits), rel=1e-9, abs=1e-12)
+    assert first.entropies["topk"] == pytest.approx(reference_entropy(logits, k=20), rel=1e-9, abs=1e-12)
+    assert first.token == int(logits.argmax()) and first.text == small.token_text(first.token)
+    assert small.text == "" and small.context_tokens() == len(small.prompt_tokens(NATALIA))
+    # the probe's token is the step's first token when the small model keeps the step
+    step = small.generate_step(first_token=first.token, stops=(), max_tokens=1)
+    with pytest.raises(StopIteration) as done:
+        while True:
+            next(step)
+    assert done.value.value.text == first.text
+
+
 def assert_is_the_models_own_continuation(summary, session, problem: str, role: str) -> None:
     """The steps, joined, are what llama-cpp-python generates alone, split at the delimiter."""
     assert len(summary.steps) >= 3 and {s.model for s in summary.steps} == {role}
@@ -96,20 +115,20 @@ PROBLEM = 5
 def test_small_mode_is_the_small_models_own_greedy_continuation(demo_pair):
     pair, small, large = demo_pair
     problem = gsm8k_problem(PROBLEM)
-    summary = run(problem, small=small, large=large, settings=settings_from_pair(pair, sampling=GREEDY), policy=make_policy("small"))
+    summary = run(problem, small=small, large=large, settings=router_settings(pair, sampling=GREEDY), policy=make_policy("small"))
     assert_is_the_models_own_continuation(summary, small, problem, "small")
 
 
 def test_large_mode_is_the_large_models_own_greedy_continuation(demo_pair):
     pair, small, large = demo_pair
     problem = gsm8k_problem(PROBLEM)
-    summary = run(problem, small=small, large=large, settings=settings_from_pair(pair, sampling=GREEDY), policy=make_policy("large"))
+    summary = run(problem, small=small, large=large, settings=router_settings(pair, sampling=GREEDY), policy=make_policy("large"))
     assert_is_the_models_own_continuation(summary, large, problem, "large")
     assert summary.small.tokens == 0 and summary.small.decode_calls == 0 and summary.small.prefill_tokens == 0  # never probed
 def test_routed_texts_agree_with_reference_up_to_the_first_delimiter_crossing(demo_pair):
     pair, small, large = demo_pair
     # "e" as the step delimiter: tokens such as " sell" run past it, so steps end mid-token
-    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), delimiter="e", thinking_budget=60)
+    settings = dataclasses.replace(router_settings(pair, sampling=GREEDY), delimiter="e", thinking_budget=60)
     summary = run(NATALIA, small=small, large=large, settings=settings, policy=make_policy("small"))
     thinking = thinking_text(summary)
     reference, tokens = reference_continuation(small, NATALIA, 60)
@@ -125,7 +144,7 @@ def test_routed_texts_agree_with_reference_up_to_the_first_delimiter_crossing(de
 
 def test_probe_token_is_reused_when_every_step_is_delegated(demo_pair):
     pair, small, large = demo_pair
-    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=math.inf)
+    settings = dataclasses.replace(router_settings(pair, sampling=GREEDY), threshold=math.inf)
     summary = run(gsm8k_problem(PROBLEM), small=small, large=large, settings=settings, policy=make_policy("glimp"))
     assert summary.small.steps == len(summary.steps) >= 3
     # one decode per generated token, none per step; after EOS every kept token was evaluated,
@@ -137,7 +156,7 @@ def test_probe_token_is_reused_when_every_step_is_delegated(demo_pair):
 
 def test_escalated_steps_cost_the_small_model_one_catch_up_each(demo_pair):
     pair, small, large = demo_pair
-    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=-math.inf)
+    settings = dataclasses.replace(router_settings(pair, sampling=GREEDY), threshold=-math.inf)
     summary = run(gsm8k_problem(PROBLEM), small=small, large=large, settings=settings, policy=make_policy("glimp"))
     assert summary.large_step_rate == 1.0
     assert summary.small.tokens == 0
@@ -150,7 +169,7 @@ def test_escalated_steps_cost_the_small_model_one_catch_up_each(demo_pair):
 
 def test_mixed_run_caches_hold_the_same_transcript_and_nothing_is_prefilled_twice(demo_pair):
     pair, small, large = demo_pair
-    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=2.0, answer_by="small")
+    settings = dataclasses.replace(router_settings(pair, sampling=GREEDY), threshold=2.0, answer_by="small")
     summary = run(gsm8k_problem(4), small=small, large=large, settings=settings, policy=make_policy("glimp"))
     models = [s.model for s in summary.steps]
     assert "small" in models and "large" in models
@@ -171,7 +190,7 @@ def test_mixed_run_caches_hold_the_same_transcript_and_nothing_is_prefilled_twic
 
 def test_same_seed_reproduces_a_sampled_run(demo_pair):
     pair, small, large = demo_pair
-    settings = dataclasses.replace(settings_from_pair(pair, sampling=Sampling(temperature=0.6, top_p=0.95, seed=7)), thinking_budget=80)
+    settings = dataclasses.replace(router_settings(pair, sampling=Sampling(temperature=0.6, top_p=0.95, seed=7)), thinking_budget=80)
     first = run(NATALIA, small=small, large=large, settings=settings, policy=make_policy("glimp"))
     second = run(NATALIA, small=small, large=large, settings=settings, policy=make_policy("glimp"))
     assert [(s.model, s.text) for s in first.steps] == [(s.model, s.text) for s in second.steps]
@@ -182,7 +201,7 @@ def test_prefill_and_decode_counters_are_exact_on_a_scripted_run(demo_pair):
     """The counts the performance benchmark relies on, recomputed independently."""
     pair, small, large = demo_pair
     problem = gsm8k_problem(PROBLEM)
-    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=math.inf)
+    settings = dataclasses.replace(router_settings(pair, sampling=GREEDY), threshold=math.inf)
     summary = run(problem, small=small, large=large, settings=settings, policy=make_policy("glimp"))
     thinking = thinking_text(summary)
     _, tokens = reference_continuation(small, problem, summary.small.tokens)
@@ -202,9 +221,6 @@ def test_prefill_and_decode_counters_are_exact_on_a_scripted_run(demo_pair):
     stopped = large.text.endswith("\n")
     assert summary.large.decode_calls == summary.large.tokens - (1 if stopped else 0)
     assert large.counters.evaluated_tokens == large.evaluated_tokens() <= large.context_tokens()
-    # one-token decodes right after a multi-token call: after each model's first (prompt) batch
-    assert small.counters.single_after_batch == 1
-    assert large.counters.single_after_batch == (1 if summary.large.decode_calls else 0)
 
 
 def cached_positions(session) -> int:

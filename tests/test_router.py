@@ -9,14 +9,15 @@ import pytest
 from glimp_cli.entropy import initial_token_entropy
 from glimp_cli.events import Answer, Delta, Probe, Step, Summary
 from glimp_cli.policy import make_policy
-from glimp_cli.router import ANSWER_PREFIX_RESERVE, RouterSettings, route, run
+from glimp_cli.config import PairSpec, router_settings
+from glimp_cli.router import ANSWER_PREFIX_RESERVE, route, run
 from glimp_cli.session import Sampling
 from fakes import EOS, LN2, LN50, ScriptedSession, uniform_logits
 
 CONFIDENT = uniform_logits(2)  # ln 2 ~ 0.693 nats: at or below THRESHOLD
 UNSURE = uniform_logits(50)  # ln 50 ~ 3.912 nats: above THRESHOLD
 THRESHOLD = 2.0
-SETTINGS = RouterSettings(threshold=THRESHOLD, answer_stops=("\n",), sampling=Sampling(seed=0))
+SETTINGS = router_settings(PairSpec("test", "small", "large", threshold=THRESHOLD, answer_stops=("\n",)), sampling=Sampling(seed=0))
 PROBLEM = "What is 6 * 7?"
 
 
