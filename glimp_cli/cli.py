@@ -1,9 +1,9 @@
-"""Thin Typer commands: parse options, build config objects, hand events to a renderer."""
+"""Thin Typer commands: parse options (numbers are parsed here), build config objects, hand events to a renderer."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -11,17 +11,27 @@ from typing import Annotated, Optional
 
 from glimp_cli import backend  # noqa: F401  first: llama.cpp must load before numpy (see backend.py)
 
-import click
+import dataclasses
+
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from glimp_cli.bench import parse_number
-from glimp_cli.config import Config, ModelSpec, PairSpec, apply_calibration, calibration_path, find_config, load_config
-from glimp_cli.entropy import ENTROPY_MODES
-from glimp_cli.errors import ConfigError, GlimpError, RunError
+from glimp_cli.calibration_file import apply_calibration, calibration_path, save_calibration
+from glimp_cli.config import (
+    Config,
+    ModelSpec,
+    PairSpec,
+    check_sampling,
+    find_config,
+    load_config,
+    override_pair,
+    router_settings,
+)
+from glimp_cli.errors import ConfigError, GlimpError, RunError, did_you_mean
 from glimp_cli.policy import MODES, make_policy
-from glimp_cli.router import RouterSettings, settings_from_pair
+from glimp_cli.router import RouterSettings
 from glimp_cli.session import DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
 app = typer.Typer(
@@ -32,11 +42,152 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+# -- number and list parsers: command-line text is parsed here, the core gets floats and tuples ------
+# Each raises typer.BadParameter, which Typer (and its bundled or separate Click) prints as a usage
+# error naming the option: "Error: Invalid value for '--rate': must be ..., got '1.5'".
+
+
+def number(*, low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):
+    """A parser for a finite number within bounds (NaN and infinities refused)."""
+    if low is not None and high is not None:
+        allowed = f"a number {'above' if low_open else 'at least'} {low:g} and {'below' if high_open else 'at most'} {high:g}"
+    elif low is not None:
+        allowed = f"a number above {low:g}" if low_open else f"a number, {low:g} or more"
+    else:
+        allowed = "a number"
+
+    def parse(value: object) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            parsed = float(str(value).strip())
+        except ValueError:
+            raise typer.BadParameter(f"must be {allowed}, got {value!r}") from None
+        too_low = low is not None and (parsed <= low if low_open else parsed < low)
+        too_high = high is not None and (parsed >= high if high_open else parsed > high)
+        if not math.isfinite(parsed) or too_low or too_high:
+            raise typer.BadParameter(f"must be {allowed}, got {value!r}")
+        return parsed
+
+    return parse
+
+
+def number_list(parse_number):
+    """A parser for comma-separated numbers ('0.5, 1,1.5'): empty parts and repeats dropped, order kept."""
+
+    def parse(value: object) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        numbers: list[float] = []
+        for part in (p for p in str(value).split(",") if p.strip()):
+            parsed = parse_number(part)
+            if parsed not in numbers:
+                numbers.append(parsed)
+        return Numbers(numbers)
+
+    return parse
+
+
+def mode_list(value: object) -> tuple[str, ...]:
+    """Comma-separated routing modes ('glimp,small'), repeats dropped."""
+    if isinstance(value, tuple):
+        return value
+    modes: list[str] = []
+    for name in (part.strip() for part in str(value).split(",")):
+        if name not in MODES:
+            raise typer.BadParameter(f"unknown mode {name!r}{did_you_mean(name, MODES)}; choose from {', '.join(MODES)}")
+        if name not in modes:
+            modes.append(name)
+    return Modes(modes)
+
+
+class Numbers(tuple):
+    """Comma-separated numbers from the command line (shown so in --help)."""
+
+
+class Modes(tuple):
+    """Comma-separated routing modes from the command line (shown so in --help)."""
+
+
+NON_NEGATIVE = number(low=0.0)
+SHARE = number(low=0.0, high=1.0)  # a probability, ends included
+OPEN_SHARE = number(low=0.0, high=1.0, low_open=True, high_open=True)  # a large-step share to aim for
+
+
+# -- options shared by several commands, declared once ----------------------------------------------
+
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="models.yaml to use (default: ./models.yaml, then the one shipped with glimp).")]
 PairOpt = Annotated[Optional[str], typer.Option("--pair", help="Named pair from models.yaml (default: its default_pair).")]
 SmallOpt = Annotated[Optional[str], typer.Option("--small", help="Small model: a name from models.yaml or a .gguf path.")]
 LargeOpt = Annotated[Optional[str], typer.Option("--large", help="Large model: a name from models.yaml or a .gguf path.")]
+EntropyOpt = Annotated[
+    Optional[str], typer.Option("--entropy", help="Entropy over the full vocabulary (full) or the top-k tokens, renormalised (topk).")
+]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", parser=NON_NEGATIVE, help="Sampling temperature; 0 is greedy.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", parser=number(low=0.0, high=1.0, low_open=True), help="Nucleus sampling mass, above 0 and at most 1.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed for sampling and --mode random; a benchmark derives each problem's seed from it and the problem id.")]
+MaxStepTokensOpt = Annotated[Optional[int], typer.Option("--max-step-tokens", min=1, help="Cap on one step's tokens.")]
+ThinkingBudgetOpt = Annotated[Optional[int], typer.Option("--thinking-budget", min=1, help="Cap on all thinking tokens.")]
+AnswerByOpt = Annotated[Optional[str], typer.Option("--answer-by", help="Who writes the final answer: large, small or last.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of rich output.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Run at most this many problems.")]
+OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many problems first.")]
+ProblemKeyOpt = Annotated[Optional[str], typer.Option("--problem-key", help="Record key of the problem text (default: problem, question or prompt).")]
+AnswerKeyOpt = Annotated[Optional[str], typer.Option("--answer-key", help="Record key of the reference answer (default: answer, gold or solution).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: runs/<command>-<data file name>).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue a run in --out, reusing results already there.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Delete the results and summaries in --out and start over.")]
+
+# The command-line option of each pair or sampling key, for error messages.
+OPTION_NAMES = {
+    "threshold": "--threshold",
+    "entropy": "--entropy",
+    "step_max_tokens": "--max-step-tokens",
+    "thinking_budget": "--thinking-budget",
+    "answer_by": "--answer-by",
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+}
+
+
+# -- from options to a configured run ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """The options that choose the models and routing settings (shared by ask, bench and calibrate)."""
+
+    config: Path | None
+    pair: str | None
+    small: str | None
+    large: str | None
+    entropy: str | None
+    temperature: float
+    top_p: float
+    seed: int
+    max_step_tokens: int | None
+    thinking_budget: int | None
+    answer_by: str | None
+    threshold: float | None = None
+
+    def configure(self, *, calibrated: bool = True) -> tuple[Config, PairSpec, ModelSpec, ModelSpec, RouterSettings]:
+        """The config (with saved calibrations unless told not to), the pair with the overrides, its models
+        and the router settings; every value checked before any model loads."""
+        config = load_config(find_config(self.config))
+        if calibrated:  # a saved `glimp calibrate` threshold; --threshold still wins
+            config = apply_calibration(config)
+        pair, small, large = resolve_pair(config, pair=self.pair, small=self.small, large=self.large)
+        overrides = {
+            "threshold": self.threshold,
+            "entropy": self.entropy,
+            "step_max_tokens": self.max_step_tokens,
+            "thinking_budget": self.thinking_budget,
+            "answer_by": self.answer_by,
+        }
+        pair = override_pair(pair, overrides, names=OPTION_NAMES)
+        sampling = check_sampling(Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed), names=OPTION_NAMES)
+        return config, pair, small, large, router_settings(pair, sampling=sampling)
 
 
 def resolve_pair(config: Config, *, pair: str | None, small: str | None, large: str | None) -> tuple[PairSpec, ModelSpec, ModelSpec]:
@@ -53,17 +204,11 @@ def _model_arg(config: Config, value: str) -> ModelSpec:
     return config.model(value)
 
 
-def configure_run(
-    config: Config, *, pair: str | None, small: str | None, large: str | None, overrides: dict, sampling: Sampling
-) -> tuple[PairSpec, ModelSpec, ModelSpec, RouterSettings]:
-    """The pair with --small/--large and the other command-line overrides (None = not given), its models, and the router settings."""
-    pair_spec, small_spec, large_spec = resolve_pair(config, pair=pair, small=small, large=large)
-    pair_spec = validate_pair_overrides(pair_spec, {k: v for k, v in overrides.items() if v is not None})
-    return pair_spec, small_spec, large_spec, settings_from_pair(pair_spec, sampling=sampling)
-
-
 def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
     return backend.open_session(small_spec), backend.open_session(large_spec)
+
+
+# -- commands --------------------------------------------------------------------------------------
 
 
 @app.command()
@@ -72,16 +217,19 @@ def ask(
     pair: PairOpt = None,
     small: SmallOpt = None,
     large: LargeOpt = None,
-    threshold: Annotated[Optional[str], typer.Option("--threshold", "-t", help="Entropy threshold in nats; at or below it the small model writes the step.")] = None,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option("--threshold", "-t", parser=NON_NEGATIVE, help="Entropy threshold in nats; at or below it the small model writes the step."),
+    ] = None,
     mode: Annotated[str, typer.Option("--mode", help=f"Routing policy: {', '.join(MODES)}.")] = "glimp",
-    rate: Annotated[str, typer.Option("--rate", help="For --mode random: probability that a step goes to the large model.")] = "0.25",
-    entropy: Annotated[Optional[str], typer.Option("--entropy", help="Entropy over the full vocabulary (full) or the top 20 tokens, renormalised (topk).")] = None,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")] = DEFAULT_TEMPERATURE,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = DEFAULT_TOP_P,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (sampling and --mode random).")] = DEFAULT_SEED,
-    max_step_tokens: Annotated[Optional[int], typer.Option("--max-step-tokens", help="Cap on one step's tokens.")] = None,
-    thinking_budget: Annotated[Optional[int], typer.Option("--thinking-budget", help="Cap on all thinking tokens.")] = None,
-    answer_by: Annotated[Optional[str], typer.Option("--answer-by", help="Who writes the final answer: large, small or last.")] = None,
+    rate: Annotated[float, typer.Option("--rate", parser=SHARE, help="For --mode random: probability that a step goes to the large model.")] = 0.25,
+    entropy: EntropyOpt = None,
+    temperature: TemperatureOpt = DEFAULT_TEMPERATURE,
+    top_p: TopPOpt = DEFAULT_TOP_P,
+    seed: SeedOpt = DEFAULT_SEED,
+    max_step_tokens: MaxStepTokensOpt = None,
+    thinking_budget: ThinkingBudgetOpt = None,
+    answer_by: AnswerByOpt = None,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -89,18 +237,11 @@ def ask(
     from glimp_cli.render import LiveRenderer, write_json_lines
     from glimp_cli.router import route
 
-    cfg = apply_calibration(load_config(find_config(config)))  # a saved `glimp calibrate` threshold; --threshold still wins
-    overrides = {
-        "threshold": parse_number(threshold, option="--threshold") if threshold is not None else None,
-        "entropy": entropy,
-        "step_max_tokens": max_step_tokens,
-        "thinking_budget": thinking_budget,
-        "answer_by": answer_by,
-    }
-    _, small_spec, large_spec, settings = configure_run(
-        cfg, pair=pair, small=small, large=large, overrides=overrides, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed)
-    )
-    policy = make_policy(mode, rate=parse_number(rate, option="--rate"))
+    if not problem.strip():
+        raise ConfigError("the problem is empty: pass its text, e.g. glimp ask \"What is 2 + 3?\"")
+    options = RunOptions(config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by, threshold)
+    _, _, small_spec, large_spec, settings = options.configure()
+    policy = make_policy(mode, rate=rate)
     small_session, large_session = open_pair(small_spec, large_spec)
     events = route(problem, small=small_session, large=large_session, settings=settings, policy=policy)
     if json_output:
@@ -109,18 +250,6 @@ def ask(
     renderer = LiveRenderer(Console(highlight=False), small_name=small_spec.name, large_name=large_spec.name)
     renderer.legend(mode=policy.name, threshold=settings.threshold, entropy_mode=settings.entropy_mode)
     renderer.render(events)
-
-
-def validate_pair_overrides(pair: PairSpec, overrides: dict) -> PairSpec:
-    """Apply command-line overrides to a pair, with the same checks as models.yaml."""
-    if overrides.get("entropy", "full") not in ENTROPY_MODES:
-        raise ConfigError(f"--entropy must be one of {', '.join(ENTROPY_MODES)}, got '{overrides['entropy']}'")
-    if overrides.get("answer_by", "large") not in ("large", "small", "last"):
-        raise ConfigError(f"--answer-by must be large, small or last, got '{overrides['answer_by']}'")
-    for key in ("step_max_tokens", "thinking_budget"):
-        if key in overrides and overrides[key] <= 0:
-            raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {overrides[key]}")
-    return dataclasses.replace(pair, **overrides)
 
 
 @app.command()
@@ -142,42 +271,52 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
         print(json.dumps({"config": str(cfg.path), "gpu_offload": gpu_offload, "models": rows, "pairs": pairs}, indent=2))
         return
     console = Console(highlight=False)
-    console.print(f"config: {cfg.path}")
+    console.print(f"config: {cfg.path}", markup=False)
     console.print(f"llama.cpp GPU offload compiled in: {'yes' if gpu_offload else 'no (CPU build: n_gpu_layers is ignored)'}")
     table = Table("model", "source", "file", "n_ctx", "n_gpu_layers", title="models")
     for row in rows:
-        status = "[green]ok[/]" if row["status"] == "ok" else f"[red]{row['status']}[/]"
-        table.add_row(row["name"], row["source"], status, str(row["n_ctx"]), str(row["n_gpu_layers"]))
+        status = "[green]ok[/]" if row["status"] == "ok" else f"[red]{escape(row['status'])}[/]"
+        table.add_row(escape(row["name"]), escape(row["source"]), status, str(row["n_ctx"]), str(row["n_gpu_layers"]))
     console.print(table)
     table = Table("pair", "small", "large", "threshold", "entropy", title="pairs")
     for row in pairs:
-        table.add_row(row["name"] + (" (default)" if row["default"] else ""), row["small"], row["large"], f"{row['threshold']:g}", row["entropy"])
+        name = escape(row["name"]) + (" (default)" if row["default"] else "")
+        table.add_row(name, escape(row["small"]), escape(row["large"]), f"{row['threshold']:g}", row["entropy"])
     console.print(table)
 
 
 @app.command()
 def bench(
     data: Annotated[Path, typer.Argument(help="JSONL file, one problem per line.")],
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Run at most this many problems.")] = None,
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems first.")] = 0,
-    modes: Annotated[str, typer.Option("--modes", help=f"Comma-separated modes: {', '.join(MODES)}. random runs last, at glimp's large-step share.")] = ",".join(MODES),
-    threshold: Annotated[Optional[str], typer.Option("--threshold", "-t", help="glimp threshold(s) in nats, e.g. 0.5,1.0,1.5 (default: the pair's); random matches the first.")] = None,
-    rate: Annotated[str, typer.Option("--rate", help="random's large-model probability when glimp is not among --modes.")] = "0.25",
-    problem_key: Annotated[Optional[str], typer.Option("--problem-key", help="Record key of the problem text (default: problem, question or prompt).")] = None,
-    answer_key: Annotated[Optional[str], typer.Option("--answer-key", help="Record key of the reference answer (default: answer, gold or solution).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: runs/<data file name>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a run in --out, skipping results already there.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Delete the results and summaries in --out and start over.")] = False,
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    modes: Annotated[
+        Modes,
+        typer.Option("--modes", parser=mode_list, help=f"Comma-separated modes: {', '.join(MODES)}. random runs last, at glimp's large-step share."),
+    ] = Modes(MODES),
+    threshold: Annotated[
+        Optional[Numbers],
+        typer.Option(
+            "--threshold", "-t", parser=number_list(NON_NEGATIVE),
+            help="glimp threshold(s) in nats, e.g. 0.5,1.0,1.5 (default: the pair's); random matches the first.",
+        ),
+    ] = None,
+    rate: Annotated[float, typer.Option("--rate", parser=SHARE, help="random's large-model probability when glimp is not among --modes.")] = 0.25,
+    problem_key: ProblemKeyOpt = None,
+    answer_key: AnswerKeyOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
     pair: PairOpt = None,
     small: SmallOpt = None,
     large: LargeOpt = None,
-    entropy: Annotated[Optional[str], typer.Option("--entropy", help="Entropy over the full vocabulary (full) or the top 20 tokens, renormalised (topk).")] = None,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")] = DEFAULT_TEMPERATURE,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = DEFAULT_TOP_P,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed: each problem's seed derives from it and the problem id, the same in every mode.")] = DEFAULT_SEED,
-    max_step_tokens: Annotated[Optional[int], typer.Option("--max-step-tokens", help="Cap on one step's tokens.")] = None,
-    thinking_budget: Annotated[Optional[int], typer.Option("--thinking-budget", help="Cap on all thinking tokens.")] = None,
-    answer_by: Annotated[Optional[str], typer.Option("--answer-by", help="Who writes glimp's and random's final answer: large, small or last.")] = None,
+    entropy: EntropyOpt = None,
+    temperature: TemperatureOpt = DEFAULT_TEMPERATURE,
+    top_p: TopPOpt = DEFAULT_TOP_P,
+    seed: SeedOpt = DEFAULT_SEED,
+    max_step_tokens: MaxStepTokensOpt = None,
+    thinking_budget: ThinkingBudgetOpt = None,
+    answer_by: AnswerByOpt = None,
     config: ConfigOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -186,18 +325,16 @@ def bench(
     from glimp_cli import render_runs
     from glimp_cli.store import open_store
 
-    cfg = apply_calibration(load_config(find_config(config)))  # a saved `glimp calibrate` threshold; --threshold still wins
-    overrides = {"entropy": entropy, "step_max_tokens": max_step_tokens, "thinking_budget": thinking_budget, "answer_by": answer_by}
-    pair_spec, small_spec, large_spec, settings = configure_run(
-        cfg, pair=pair, small=small, large=large, overrides=overrides, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed)
-    )
+    options = RunOptions(config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by)
+    _, pair_spec, small_spec, large_spec, settings = options.configure()
     plan = benchmark.make_plan(
         data, settings=settings, modes=modes, thresholds=threshold, rate=rate,
         problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit,
-    )
+    )  # fmt: skip
     out = out if out is not None else Path("runs") / data.stem
     fingerprint = benchmark.fingerprint(plan, pair=pair_spec, small=small_spec, large=large_spec)
-    with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store, render_runs.BenchDisplay(Console(stderr=True, highlight=False), out=out) as display:
+    err = Console(stderr=True, highlight=False)
+    with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store, render_runs.BenchDisplay(err, out=out) as display:
         display.notes(store.notes)
         small_session, large_session = open_pair(small_spec, large_spec)
         summary = benchmark.run_bench(plan, small=small_session, large=large_session, store=store, on_progress=display)
@@ -210,31 +347,51 @@ def bench(
 @app.command()
 def calibrate(
     data: Annotated[Path, typer.Argument(help="JSONL file, one problem per line (a development set, not your test set).")],
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Run at most this many problems.")] = None,
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many problems first.")] = 0,
-    target_rate: Annotated[str, typer.Option("--target-rate", help="Share of steps to send to the large model, between 0 and 1 (the paper recommends 0.2-0.3).")] = "0.25",
+    limit: LimitOpt = None,
+    offset: OffsetOpt = 0,
+    target_rate: Annotated[
+        float,
+        typer.Option("--target-rate", parser=OPEN_SHARE, help="Share of steps to send to the large model, between 0 and 1 (the paper recommends 0.2-0.3)."),
+    ] = 0.25,
     sweep: Annotated[bool, typer.Option("--sweep", help="Also run the routed pipeline at each candidate threshold, with large and small as references.")] = False,
-    thresholds: Annotated[Optional[str], typer.Option("--thresholds", help="Sweep candidates in nats, e.g. 0.5,1,1.5.")] = None,
-    rates: Annotated[Optional[str], typer.Option("--rates", help="Sweep candidates as large-step shares, e.g. 0.1,0.2,0.3: thresholds from the probe's entropies.")] = None,
-    objective: Annotated[str, typer.Option("--objective", help="Sweep choice: accuracy (most accurate within --max-latency) or latency (fastest within --margin of large's accuracy).")] = "accuracy",
-    max_latency: Annotated[str, typer.Option("--max-latency", help="For --objective accuracy: latency budget as a multiple of the large model's.")] = "0.8",
-    margin: Annotated[str, typer.Option("--margin", help="For --objective latency: accuracy (0-1) below the large model's that is accepted.")] = "0",
-    save: Annotated[bool, typer.Option("--save", help="Record the threshold in glimp-calibration.yaml for `glimp ask` and `glimp bench` (models.yaml is not changed).")] = False,
-    problem_key: Annotated[Optional[str], typer.Option("--problem-key", help="Record key of the problem text (default: problem, question or prompt).")] = None,
-    answer_key: Annotated[Optional[str], typer.Option("--answer-key", help="Record key of the reference answer (default: answer, gold or solution).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: runs/calibrate-<data file name>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a run in --out, reusing results already there.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Delete the results and summaries in --out and start over.")] = False,
+    thresholds: Annotated[
+        Optional[Numbers], typer.Option("--thresholds", parser=number_list(NON_NEGATIVE), help="Sweep candidates in nats, e.g. 0.5,1,1.5.")
+    ] = None,
+    rates: Annotated[
+        Optional[Numbers],
+        typer.Option(
+            "--rates", parser=number_list(OPEN_SHARE),
+            help="Sweep candidates as large-step shares, e.g. 0.1,0.2,0.3: thresholds from the probe's entropies.",
+        ),
+    ] = None,
+    objective: Annotated[
+        str, typer.Option("--objective", help="Sweep choice: accuracy (most accurate within --max-latency) or latency (fastest within --margin of large's accuracy).")
+    ] = "accuracy",
+    max_latency: Annotated[
+        float,
+        typer.Option("--max-latency", parser=number(low=0.0, low_open=True), help="For --objective accuracy: latency budget as a multiple of the large model's."),
+    ] = 0.8,
+    margin: Annotated[
+        float, typer.Option("--margin", parser=SHARE, help="For --objective latency: accuracy (0-1) below the large model's that is accepted.")
+    ] = 0.0,
+    save: Annotated[
+        bool, typer.Option("--save", help="Record the threshold in glimp-calibration.yaml for `glimp ask` and `glimp bench` (models.yaml is not changed).")
+    ] = False,
+    problem_key: ProblemKeyOpt = None,
+    answer_key: AnswerKeyOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
     pair: PairOpt = None,
     small: SmallOpt = None,
     large: LargeOpt = None,
-    entropy: Annotated[Optional[str], typer.Option("--entropy", help="Entropy mode the threshold is for: full or topk (both are measured).")] = None,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")] = DEFAULT_TEMPERATURE,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = DEFAULT_TOP_P,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed: each problem's seed derives from it and the problem id.")] = DEFAULT_SEED,
-    max_step_tokens: Annotated[Optional[int], typer.Option("--max-step-tokens", help="Cap on one step's tokens.")] = None,
-    thinking_budget: Annotated[Optional[int], typer.Option("--thinking-budget", help="Cap on all thinking tokens.")] = None,
-    answer_by: Annotated[Optional[str], typer.Option("--answer-by", help="Who writes the swept runs' final answer: large, small or last.")] = None,
+    entropy: EntropyOpt = None,
+    temperature: TemperatureOpt = DEFAULT_TEMPERATURE,
+    top_p: TopPOpt = DEFAULT_TOP_P,
+    seed: SeedOpt = DEFAULT_SEED,
+    max_step_tokens: MaxStepTokensOpt = None,
+    thinking_budget: ThinkingBudgetOpt = None,
+    answer_by: AnswerByOpt = None,
     config: ConfigOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
@@ -243,16 +400,13 @@ def calibrate(
     from glimp_cli.render_runs import BenchDisplay, print_report
     from glimp_cli.store import open_store
 
-    cfg = load_config(find_config(config))
-    overrides = {"entropy": entropy, "step_max_tokens": max_step_tokens, "thinking_budget": thinking_budget, "answer_by": answer_by}
-    pair_spec, small_spec, large_spec, settings = configure_run(
-        cfg, pair=pair, small=small, large=large, overrides=overrides, sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed)
-    )
+    options = RunOptions(config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by)
+    cfg, pair_spec, small_spec, large_spec, settings = options.configure(calibrated=False)
     plan = calibration.make_plan(
         data, settings=settings, target_rate=target_rate, sweep=sweep, thresholds=thresholds, rates=rates,
         objective=objective, max_latency=max_latency, margin=margin,
         problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit,
-    )
+    )  # fmt: skip
     out = out if out is not None else Path("runs") / f"calibrate-{data.stem}"
     fingerprint = calibration.fingerprint(plan, pair=pair_spec, small=small_spec, large=large_spec)
     err = Console(stderr=True, highlight=False)
@@ -263,7 +417,7 @@ def calibrate(
             plan, small=small_session, large=large_session, store=store, display=lambda: BenchDisplay(err, out=out)
         )
     if save and report["threshold"] is not None:
-        report["saved"] = str(calibration.save_calibration(report, calibration_path(cfg.path)))
+        report["saved"] = str(save_calibration(report, calibration_path(cfg.path)))
     if json_output:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -282,25 +436,29 @@ def pull(name: Annotated[str, typer.Argument(help="Model name from models.yaml w
 
 
 def main() -> None:
-    """Entry point: one red line and exit 2 for user errors, 130 for Ctrl-C."""
+    """Entry point: usage errors as Click prints them (exit 2), one red line for glimp's own errors
+    (exit 2 or 1), 130 for Ctrl-C."""
     debug = os.environ.get("GLIMP_DEBUG") == "1"
     err = Console(stderr=True, highlight=False)
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name="glimp", standalone_mode=False)
     except GlimpError as exc:
         if debug:
             raise
-        err.print(f"[red]glimp: error:[/] {exc}", markup=True, soft_wrap=True)
+        err.print(f"[red]glimp: error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("interrupted")
-        sys.exit(130)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err.print("interrupted", markup=False)
         sys.exit(130)
-    except click.ClickException as exc:
-        if debug:
+    except Exception as exc:
+        # Typer bundles its own copy of Click in some versions and uses the click package in others:
+        # their exceptions are recognised by name, whichever is installed.
+        kinds = {kind.__name__ for kind in type(exc).__mro__}
+        if "Abort" in kinds:  # Click's form of Ctrl-C
+            err.print("interrupted", markup=False)
+            sys.exit(130)
+        if "ClickException" not in kinds or debug:
             raise
-        err.print(f"[red]glimp: error:[/] {exc.format_message()}", soft_wrap=True)
+        exc.show()  # usage line, then "Error: ...", as Click prints it
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -26,6 +26,16 @@ def one_error_line(err: str) -> str:
     return lines[0].removeprefix("glimp: error: ")
 
 
+def usage_error(err: str, command: str) -> str:
+    """The message of a usage error as Click prints it: the usage line, a hint, then one `Error:` line."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 3, err
+    assert lines[0].startswith(f"Usage: glimp {command}".rstrip()) and lines[1].startswith("Try ")
+    assert lines[2].startswith("Error: ")
+    assert "Traceback" not in err
+    return lines[2].removeprefix("Error: ")
+
+
 # The data-file errors shared by `glimp bench` and `glimp calibrate`: (file content or None, message).
 BAD_DATA = [
     (None, "data file not found: {path}"),

@@ -15,23 +15,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import GSM8K
 import yaml
 from rich.console import Console
 
-from cli_helpers import BAD_DATA, BAD_DATA_IDS, assert_bad_data_rejected, one_error_line, run_main
+from cli_helpers import BAD_DATA, BAD_DATA_IDS, assert_bad_data_rejected, one_error_line, run_main, usage_error
 from glimp_cli import bench
 from glimp_cli.bench import BenchProgress, Condition, make_plan, run_bench, summary_markdown
 from glimp_cli.render_runs import BenchDisplay
 from glimp_cli.config import PACKAGED_CONFIG
 from glimp_cli.errors import ConfigError
-from glimp_cli.router import RouterSettings
-from glimp_cli.session import Counters, Sampling, StepOutput
+from glimp_cli.config import PairSpec, router_settings
+from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
+from glimp_cli.session import FirstToken, Counters, Sampling, StepOutput
 from glimp_cli.store import RESULTS_FILE, RUN_FILE, SUMMARY_JSON, SUMMARY_MD, open_store, result_key
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-GSM8K = DATA_DIR / "gsm8k.jsonl"
 LN8 = math.log(8)
-SETTINGS = RouterSettings(threshold=1.0, answer_stops=(), sampling=Sampling(temperature=0.0, seed=0))
+SETTINGS = router_settings(PairSpec("test", "small", "large", threshold=1.0, answer_stops=()), sampling=Sampling(temperature=0.0, seed=0))
 FINGERPRINT = {"pair": "fake"}
 STEP_TEXT = "{name} step {index}.\n\n"  # 15 characters (one token each) for steps 1-9
 FINAL_TEXT = "So \\boxed{"  # 10 characters
@@ -74,15 +75,12 @@ class SteppingSession:
     def context_tokens(self) -> int:
         return len(self._text)
 
-    def next_token_logits(self) -> np.ndarray:
+    entropy_modes = ENTROPY_MODES
+
+    def probe(self, *, top_k: int) -> FirstToken:
         width = self.probe_widths[self._text.count("\n\n") % len(self.probe_widths)]
-        return np.array([0.0] * width + [-np.inf] * (8 - width))
-
-    def sample(self) -> int:
-        return 0
-
-    def token_text(self, token: int) -> str:
-        return "t"
+        logits = np.array([0.0] * width + [-np.inf] * (8 - width))
+        return FirstToken(token=0, text="t", entropies=initial_token_entropies(logits, top_k=top_k))
 
     def generate_step(self, *, first_token: int | None, stops: Sequence[str], max_tokens: int) -> Generator[str, None, StepOutput]:
         if self._text.endswith("\\boxed{"):
@@ -111,7 +109,9 @@ def _pair(n: int, *, steps: int = 4, probe_widths: Sequence[int] = (1, 8, 1, 1))
     return small, large
 
 
-def _run(tmp_path, *, n=3, limit=None, modes=bench.DEFAULT_MODES, thresholds=None, rate="0.25", probe_widths=(1, 8, 1, 1), steps=4, on_progress=None, pair=None, resume=False):
+def _run(tmp_path, *, n=3, limit=None, modes="glimp,small,large,random", thresholds=None, rate=0.25, probe_widths=(1, 8, 1, 1), steps=4, on_progress=None, pair=None, resume=False):
+    modes = tuple(modes.split(","))
+    thresholds = tuple(float(t) for t in thresholds.split(",")) if thresholds else None
     plan = make_plan(_data(tmp_path, n), settings=SETTINGS, modes=modes, thresholds=thresholds, rate=rate, limit=limit)
     small, large = pair or _pair(n, probe_widths=probe_widths, steps=steps)
     with open_store(tmp_path / "out", fingerprint=FINGERPRINT, resume=resume) as store:
@@ -135,7 +135,8 @@ def test_every_problem_gets_one_record_per_mode_with_random_last(tmp_path):
 def test_glimp_record_holds_exact_counts_entropies_and_check(tmp_path):
     _, records, _ = _run(tmp_path)
     first = records[0]
-    assert {k: v for k, v in first.items() if k not in ("latency_s", "seed")} == {
+    assert first["probe_entropies"] == {mode: pytest.approx([0.0, LN8, 0.0, 0.0]) for mode in ("full", "topk")}
+    assert {k: v for k, v in first.items() if k not in ("latency_s", "seed", "probe_entropies")} == {
         "id": "p0",
         "mode": "glimp",
         "threshold": 1.0,
@@ -195,7 +196,7 @@ def test_with_several_thresholds_random_matches_the_first(tmp_path):
 
 
 def test_random_without_glimp_runs_at_the_rate_option(tmp_path):
-    _, records, _ = _run(tmp_path, modes="small,random", rate="0.4")
+    _, records, _ = _run(tmp_path, modes="small,random", rate=0.4)
     assert {(r["threshold"], r["rate"]) for r in records if r["mode"] == "random"} == {(None, 0.4)}
 
 
@@ -319,17 +320,12 @@ def test_progress_bar_on_a_terminal_shows_mode_problem_count_and_accuracy(tmp_pa
     assert "━ 4/4 acc 100.0% (2/2) 0:00:00" in final
 
 
-def test_parse_modes_names_unknown_modes():
-    assert bench.parse_modes("large, glimp,large") == ("large", "glimp")
-    with pytest.raises(ConfigError, match=r"--modes: unknown mode 'smal' \(did you mean 'small'\?\); choose from glimp, small, large, random"):
-        bench.parse_modes("glimp,smal")
-
-
-def test_parse_thresholds_reads_comma_separated_nats():
-    assert bench.parse_thresholds("0.5, 1,1.5,1") == (0.5, 1.0, 1.5)
-    for bad in ("x", "1,,2", "-1", "nan"):
-        with pytest.raises(ConfigError, match="--threshold must be a number"):
-            bench.parse_thresholds(bad)
+def test_plan_drops_repeated_modes_and_thresholds_and_names_unknown_modes(tmp_path):
+    plan = make_plan(_data(tmp_path, 1), settings=SETTINGS, modes=("large", "glimp", "large"), thresholds=(0.5, 1.0, 0.5))
+    assert (plan.modes, plan.thresholds) == (("large", "glimp"), (0.5, 1.0))
+    assert make_plan(_data(tmp_path, 1), settings=SETTINGS).thresholds == (SETTINGS.threshold,)
+    with pytest.raises(ConfigError, match=r"unknown mode 'smal' \(did you mean 'small'\?\); choose from glimp, small, large, random"):
+        make_plan(_data(tmp_path, 1), settings=SETTINGS, modes=("glimp", "smal"))
 
 
 def test_condition_labels():
@@ -380,18 +376,25 @@ def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--modes", "glimp,smal"], "--modes: unknown mode 'smal' (did you mean 'small'?)"),
-        (["--threshold", "0.5,high"], "--threshold must be a number"),
-        (["--rate", "1.5"], "--rate must be between 0 and 1, got 1.5"),
-        (["--limit", "0"], "--limit must be positive, got 0"),
-        (["--resume", "--force"], "--resume and --force exclude each other"),
+        (["--modes", "glimp,smal"], "Invalid value for '--modes': unknown mode 'smal' (did you mean 'small'?)"),
+        (["--threshold", "0.5,high"], "Invalid value for '--threshold' / '-t': must be a number, 0 or more, got 'high'"),
+        (["--threshold", "nan"], "Invalid value for '--threshold' / '-t': must be a number, 0 or more, got 'nan'"),
+        (["--rate", "1.5"], "Invalid value for '--rate': must be a number at least 0 and at most 1, got '1.5'"),
+        (["--limit", "0"], "Invalid value for '--limit'"),
     ],
-    ids=["unknown-mode", "bad-threshold", "bad-rate", "bad-limit", "resume-and-force"],
+    ids=["unknown-mode", "bad-threshold", "nan-threshold", "bad-rate", "bad-limit"],
 )
-def test_bad_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
+def test_bad_option_values_are_usage_errors(tmp_path, monkeypatch, capsys, args, message):
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(tmp_path / "out"), *args)
     assert code == 2
-    assert one_error_line(err).startswith(message)
+    assert usage_error(err, "bench").startswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_and_force_exclude_each_other(tmp_path, monkeypatch, capsys):
+    code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(tmp_path / "out"), "--resume", "--force")
+    assert code == 2
+    assert one_error_line(err).startswith("--resume and --force exclude each other")
 
 
 def _out_with_results_from(tmp_path: Path, fingerprint: dict) -> Path:

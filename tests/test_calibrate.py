@@ -16,13 +16,12 @@ import pytest
 import yaml
 from rich.console import Console
 
-from conftest import NATALIA
-from cli_helpers import BAD_DATA, BAD_DATA_IDS, assert_bad_data_rejected, one_error_line, run_main
+from conftest import GSM8K, NATALIA
+from cli_helpers import BAD_DATA, BAD_DATA_IDS, assert_bad_data_rejected, one_error_line, run_main, usage_error
 from glimp_cli import calibrate
 from glimp_cli.render_runs import BenchDisplay
 from glimp_cli.calibrate import (
     PROBE_KEY,
-    EntropyRecorder,
     choose,
     large_steps_at,
     make_plan,
@@ -31,19 +30,18 @@ from glimp_cli.calibrate import (
     run_calibration,
     run_probe,
     run_sweep,
-    save_calibration,
     short_number_between,
     threshold_for_rate,
 )
-from glimp_cli.config import PACKAGED_CONFIG, apply_calibration, calibration_path, load_config
-from glimp_cli.errors import ConfigError, DataError, RunError
-from glimp_cli.router import RouterSettings
-from glimp_cli.session import Counters, Sampling, StepOutput
+from glimp_cli.calibration_file import apply_calibration, calibration_path, save_calibration
+from glimp_cli.config import PACKAGED_CONFIG, load_config
+from glimp_cli.errors import ConfigError, DataError
+from glimp_cli.config import PairSpec, router_settings
+from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
+from glimp_cli.session import FirstToken, Counters, Sampling, StepOutput
 from glimp_cli.store import RESULTS_FILE, open_store
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-GSM8K = DATA_DIR / "gsm8k.jsonl"
-SETTINGS = RouterSettings(threshold=1.0, answer_stops=(), sampling=Sampling(temperature=0.0, seed=0))
+SETTINGS = router_settings(PairSpec("test", "small", "large", threshold=1.0, answer_stops=()), sampling=Sampling(temperature=0.0, seed=0))
 FINGERPRINT = {"pair": "fake", "small": {"name": "fake-small"}, "large": {"name": "fake-large"}}
 VOCAB = 64
 # Probe widths of three problems, four steps each: full entropy ln(width), top-20 entropy ln(min(width, 20)).
@@ -186,16 +184,13 @@ class StepSession:
     def context_tokens(self) -> int:
         return len(self._text)
 
-    def next_token_logits(self) -> np.ndarray:
+    entropy_modes = ENTROPY_MODES
+
+    def probe(self, *, top_k: int) -> FirstToken:
         widths = self.widths_after_large if self.widths_after_large and "large step" in self._text else self.widths
         width = widths[self._problem][self._text.count("\n\n")]
-        return np.array([0.0] * width + [-np.inf] * (VOCAB - width))
-
-    def sample(self) -> int:
-        return 0
-
-    def token_text(self, token: int) -> str:
-        return "t"
+        logits = np.array([0.0] * width + [-np.inf] * (VOCAB - width))
+        return FirstToken(token=0, text="t", entropies=initial_token_entropies(logits, top_k=top_k))
 
     def generate_step(self, *, first_token: int | None, stops: Sequence[str], max_tokens: int) -> Generator[str, None, StepOutput]:
         steps_done = self._text.count("\n\n")
@@ -255,21 +250,6 @@ def test_probe_pass_reuses_stored_records(tmp_path):
     assert small.starts == []
 
 
-def test_recorder_keeps_the_probes_of_the_recorded_steps_and_checks_them():
-    small, _ = _pair()
-    recorder = EntropyRecorder(small, top_k=20)
-    recorder.start("problem 0", sampling=Sampling())
-    for _ in range(3):  # the third probe stands for one cut off before its step
-        recorder.next_token_logits()
-        small.catch_up(small.text + "x\n\n")
-    record = {"id": "p0", "steps": 2, "entropies": [round(math.log(2), 6), round(math.log(30), 6)]}
-    recorded = recorder.step_entropies(record, mode="full")
-    assert recorded["full"] == pytest.approx([math.log(2), math.log(30)])
-    assert recorded["topk"] == pytest.approx([math.log(2), math.log(20)])
-    with pytest.raises(RunError, match="do not line up"):
-        recorder.step_entropies({**record, "entropies": [0.0, 0.0]}, mode="full")
-
-
 def test_report_has_both_modes_and_the_threshold_of_the_pairs_mode(tmp_path):
     small, large = _pair()
     with _store(tmp_path) as store:
@@ -298,7 +278,7 @@ def test_probe_with_too_few_steps_is_a_data_error(tmp_path):
 
 def _sweep(tmp_path: Path, candidates: dict, pair=None) -> tuple[list[dict], list[dict], list[dict]]:
     small, large = pair or _pair()
-    plan = _plan(tmp_path, sweep=True, rates="0.25")
+    plan = _plan(tmp_path, sweep=True, rates=(0.25,))
     with _store(tmp_path) as store:
         probe = run_probe(plan.bench, small=small, large=large, store=store)
         rows = run_sweep(plan, candidates, small=small, large=large, store=store)
@@ -338,7 +318,7 @@ def test_a_routed_run_follows_the_rule_on_the_entropies_it_sees(tmp_path):
 def test_sweep_rows_mark_the_pareto_front_and_the_choice(tmp_path):
     small, large = _pair()
     with _store(tmp_path) as store:
-        report = run_calibration(_plan(tmp_path, sweep=True, rates="0.25", thresholds="5", objective="latency", margin="1"), small=small, large=large, store=store)
+        report = run_calibration(_plan(tmp_path, sweep=True, rates=(0.25,), thresholds=(5.0,), objective="latency", margin=1.0), small=small, large=large, store=store)
     rows = report["sweep"]["rows"]
     assert [(row["label"], row["target_rate"]) for row in rows] == [("glimp@3.3", 0.25), ("glimp@5", None), ("small", None), ("large", None)]
     assert [row["pareto"] for row in rows] == pareto_flags(rows)
@@ -351,7 +331,7 @@ def test_progress_lines_count_the_probe_then_the_sweep_and_report_reused_results
     def run(resume: bool) -> list[str]:
         out = io.StringIO()
         small, large = _pair()
-        plan = _plan(tmp_path, sweep=True, rates="0.25")
+        plan = _plan(tmp_path, sweep=True, rates=(0.25,))
         with _store(tmp_path, resume=resume) as store:
             run_calibration(plan, small=small, large=large, store=store, display=lambda: BenchDisplay(Console(file=out, width=200), out=Path("runs/x")))
         return out.getvalue().splitlines()
@@ -431,7 +411,7 @@ def test_a_broken_calibration_file_is_a_config_error_naming_it(tmp_path):
     config_path.write_text(CONFIG_WITH_COMMENTS)
     path = calibration_path(config_path)
     path.write_text("pairs:\n  p:\n    small: s\n    large: l\n    threshold: high\n    entropy: full\n")
-    with pytest.raises(ConfigError, match=f"^{path}: pair 'p' needs a numeric 'threshold'"):
+    with pytest.raises(ConfigError, match=f"^{path}: pair 'p': threshold must be a number, got 'high': fix or delete the entry"):
         apply_calibration(load_config(config_path))
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match=f"^{path}: expected a mapping 'pairs:'"):
@@ -460,22 +440,36 @@ def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--target-rate", "0"], "--target-rate must be between 0 and 1 (exclusive), got '0'"),
-        (["--target-rate", "1"], "--target-rate must be between 0 and 1 (exclusive), got '1'"),
-        (["--target-rate", "1.5"], "--target-rate must be between 0 and 1 (exclusive), got '1.5'"),
-        (["--target-rate", "lots"], "--target-rate must be a number"),
+        (["--target-rate", "0"], "Invalid value for '--target-rate': must be a number above 0 and below 1, got '0'"),
+        (["--target-rate", "1"], "Invalid value for '--target-rate': must be a number above 0 and below 1, got '1'"),
+        (["--target-rate", "1.5"], "Invalid value for '--target-rate': must be a number above 0 and below 1, got '1.5'"),
+        (["--target-rate", "lots"], "Invalid value for '--target-rate': must be a number above 0 and below 1, got 'lots'"),
+        (["--sweep", "--rates", "0.2,1"], "Invalid value for '--rates': must be a number above 0 and below 1, got '1'"),
+        (["--sweep", "--thresholds", "1,x"], "Invalid value for '--thresholds': must be a number, 0 or more, got 'x'"),
+        (["--sweep", "--rates", "0.2", "--max-latency", "0"], "Invalid value for '--max-latency': must be a number above 0, got '0'"),
+        (["--sweep", "--rates", "0.2", "--margin", "2"], "Invalid value for '--margin': must be a number at least 0 and at most 1, got '2'"),
+    ],
+    ids=["rate-0", "rate-1", "rate-above-1", "rate-not-a-number", "bad-rates", "bad-thresholds", "max-latency", "margin"],
+)
+def test_bad_option_values_are_usage_errors(tmp_path, monkeypatch, capsys, args, message):
+    code, err = _cli(monkeypatch, capsys, str(_data(tmp_path)), "--out", str(tmp_path / "out"), *args)
+    assert code == 2
+    assert usage_error(err, "calibrate") == message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
         (["--sweep"], "--sweep has no thresholds to try: pass --thresholds"),
         (["--sweep", "--thresholds", " , "], "--sweep has no thresholds to try"),
-        (["--sweep", "--rates", "0.2,1"], "--rates must be between 0 and 1 (exclusive), got '1'"),
-        (["--sweep", "--thresholds", "1,x"], "--thresholds must be a number"),
         (["--rates", "0.2"], "--thresholds and --rates give the candidates of a sweep: add --sweep"),
         (["--sweep", "--rates", "0.2", "--objective", "acuracy"], "--objective must be one of accuracy, latency, got 'acuracy' (did you mean 'accuracy'?)"),
-        (["--sweep", "--rates", "0.2", "--max-latency", "0"], "--max-latency must be above 0"),
         (["--resume", "--force"], "--resume and --force exclude each other"),
     ],
-    ids=["rate-0", "rate-1", "rate-above-1", "rate-not-a-number", "sweep-alone", "sweep-empty", "bad-rates", "bad-thresholds", "rates-without-sweep", "objective", "max-latency", "resume-and-force"],
+    ids=["sweep-alone", "sweep-empty", "rates-without-sweep", "objective", "resume-and-force"],
 )
-def test_bad_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
+def test_bad_option_combinations_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path)), "--out", str(tmp_path / "out"), *args)
     assert code == 2
     assert one_error_line(err).startswith(message)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_DATA, GSM8K
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 from glimp_cli.checker import (
@@ -15,9 +17,7 @@ from glimp_cli.checker import (
     normalize_answer,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-MATH500 = DATA_DIR / "math500.jsonl"
-GSM8K = DATA_DIR / "gsm8k.jsonl"
+MATH500 = SHARED_DATA / "math500.jsonl"
 
 
 def _rows(path: Path) -> list[dict]:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_DATA
+
 from glimp_cli.dataset import Problem, file_sha256, load_problems
 from glimp_cli.errors import ConfigError, DataError
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _jsonl(tmp_path: Path, *records, name: str = "data.jsonl") -> Path:
@@ -147,7 +148,7 @@ def test_file_sha256_identifies_the_bytes(tmp_path):
 
 @pytest.mark.parametrize("name", ["gsm8k.jsonl", "math500.jsonl", "aime24.jsonl"])
 def test_shared_benchmarks_load(name):
-    path = DATA_DIR / name
+    path = SHARED_DATA / name
     if not path.is_file():
         pytest.skip(f"benchmark data not found at {path}")
     problems = load_problems(path)
