@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from glimp_cli.checker import extract_answer, gold_answer
-from glimp_cli.errors import ConfigError, DataError
+from glimp_cli.errors import ConfigError, DataError, lone_surrogate
 
 PROBLEM_KEYS = ("problem", "question", "prompt")
 ANSWER_KEYS = ("answer", "gold", "solution")
@@ -77,7 +78,9 @@ def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        # JSON Lines ends records at "\n" only: str.splitlines() also splits at U+2028, U+0085 and
+        # other characters that JSON strings may hold raw, and would miscount the lines.
+        return path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except OSError as exc:
@@ -89,22 +92,31 @@ def _parse_record(line: str, *, where: str, line_no: int, problem_key: str | Non
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: not JSON: {exc.msg} (column {exc.colno})") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise DataError(f"{where}: not JSON: {str(exc).split(':')[0]}") from None
+    except RecursionError:
+        raise DataError(f"{where}: not JSON: nested too deeply") from None
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     text = _field(record, (problem_key,) if problem_key else PROBLEM_KEYS, where=where, noun="problem text")
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{where}: the problem text must be a non-empty string, got {text!r}")
     raw_gold = _field(record, (answer_key,) if answer_key else ANSWER_KEYS, where=where, noun="answer")
-    if isinstance(raw_gold, bool) or not isinstance(raw_gold, (str, int, float)):
-        raise DataError(f"{where}: the answer must be a string or a number, got {raw_gold!r}")
+    finite = not isinstance(raw_gold, float) or math.isfinite(raw_gold)  # json reads NaN and Infinity
+    if isinstance(raw_gold, bool) or not isinstance(raw_gold, (str, int, float)) or not finite:
+        raise DataError(f"{where}: the answer must be a string or a finite number, got {raw_gold!r}")
+    problem_id = record.get(ID_KEY, line_no)
+    if isinstance(problem_id, bool) or not isinstance(problem_id, (str, int)):
+        raise DataError(f"{where}: 'id' must be a string or an integer, got {problem_id!r}")
+    for noun, value in (("the problem text", text), ("the answer", raw_gold), ("'id'", problem_id)):
+        surrogate = lone_surrogate(value) if isinstance(value, str) else None
+        if surrogate:  # an unpaired \ud800-\udfff escape: it cannot be tokenized, printed or stored
+            raise DataError(f"{where}: {noun} holds a lone surrogate, {surrogate}, which is not text: fix the record")
     gold = gold_answer(str(raw_gold))
     if "\\boxed" in gold or "\\fbox" in gold:  # a worked solution: its boxed result is the answer
         gold = extract_answer(gold) or gold
     if not gold:
         raise DataError(f"{where}: the answer is empty")
-    problem_id = record.get(ID_KEY, line_no)
-    if isinstance(problem_id, bool) or not isinstance(problem_id, (str, int)):
-        raise DataError(f"{where}: 'id' must be a string or an integer, got {problem_id!r}")
     return Problem(id=problem_id, text=text, gold=gold, line=line_no)
 
 

@@ -24,7 +24,11 @@ class DataError(GlimpError):
     """A benchmark data file is wrong."""
 
 
-class ContextError(GlimpError):
+class ProblemError(GlimpError):
+    """One problem cannot be run (its input, not the run, is at fault): a benchmark records it and goes on."""
+
+
+class ContextError(ProblemError):
     """The problem does not fit a model's context window."""
 
 
@@ -38,3 +42,13 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def lone_surrogate(text: str) -> str | None:
+    """'\\udxxx at character N' for the first lone surrogate in `text` (what invalid UTF-8 on the command line,
+    or an unpaired \\ud800-\\udfff escape in JSON or YAML, becomes; it cannot be written as UTF-8), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"\\u{ord(text[exc.start]):04x} at character {exc.start + 1}"
+    return None

@@ -130,7 +130,7 @@ def test_duplicate_ids_are_refused(tmp_path):
     ("record", "message"),
     [
         ({"problem": "", "answer": "1"}, "the problem text must be a non-empty string"),
-        ({"problem": "q", "answer": ["1"]}, "the answer must be a string or a number"),
+        ({"problem": "q", "answer": ["1"]}, "the answer must be a string or a finite number"),
         ({"problem": "q", "answer": "  "}, "the answer is empty"),
         ({"problem": "q", "answer": "1", "id": 1.5}, "'id' must be a string or an integer"),
     ],
@@ -138,6 +138,58 @@ def test_duplicate_ids_are_refused(tmp_path):
 def test_bad_field_values_are_named(tmp_path, record, message):
     with pytest.raises(DataError, match=message):
         load_problems(_jsonl(tmp_path, record))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"problem": "q\\ud800", "answer": "1"}', r":2: the problem text holds a lone surrogate, \\ud800 at character 2, which is not text"),
+        ('{"problem": "q", "answer": "\\udcff1"}', r":2: the answer holds a lone surrogate, \\udcff at character 1, which is not text"),
+        ('{"problem": "q", "answer": "1", "id": "a\\udfff"}', r":2: 'id' holds a lone surrogate, \\udfff at character 2"),
+    ],
+    ids=["problem", "answer", "id"],
+)
+def test_a_lone_surrogate_escape_is_refused_with_its_line(tmp_path, line, message):
+    # json.loads accepts an unpaired \ud800-\udfff escape; the text could then not be tokenized or stored.
+    path = _jsonl(tmp_path, {"problem": "fine", "answer": "1"}, line)
+    with pytest.raises(DataError, match=message):
+        load_problems(path)
+
+
+def test_a_surrogate_pair_escape_is_text(tmp_path):
+    [problem] = load_problems(_jsonl(tmp_path, '{"problem": "\\ud83d\\ude00 smile", "answer": "1"}'))
+    assert problem.text == "\U0001F600 smile"
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_answer_is_refused(tmp_path, value):
+    with pytest.raises(DataError, match=f":1: the answer must be a string or a finite number, got {value.lower().replace('inity', '')}"):
+        load_problems(_jsonl(tmp_path, f'{{"problem": "q", "answer": {value}}}'))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("[" * 100_000, r":1: not JSON: nested too deeply$"),
+        ('{"problem": "q", "answer": ' + "1" * 5000 + "}", r":1: not JSON: Exceeds the limit \(4300 digits\) for integer string conversion$"),
+    ],
+    ids=["deep-nesting", "huge-integer"],
+)
+def test_json_that_python_cannot_hold_is_a_data_error(tmp_path, line, message):
+    with pytest.raises(DataError, match=message):
+        load_problems(_jsonl(tmp_path, line))
+
+
+def test_lines_end_at_newlines_only(tmp_path):
+    # U+2028 and U+0085 may stand raw inside a JSON string: they do not end a record (str.splitlines() ends one).
+    path = _jsonl(tmp_path, '{"problem": "a\u2028b\x85c", "answer": "1"}', {"problem": "q", "answer": "2"})
+    assert [(p.text, p.line) for p in load_problems(path)] == [("a\u2028b\x85c", 1), ("q", 2)]
+
+
+def test_windows_line_endings_are_read(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"problem": "q", "answer": "1"}\r\n{"problem": "r", "answer": "2"}\r\n')
+    assert [(p.text, p.gold, p.line) for p in load_problems(path)] == [("q", "1", 1), ("r", "2", 2)]
 
 
 def test_file_sha256_identifies_the_bytes(tmp_path):
