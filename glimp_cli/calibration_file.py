@@ -37,8 +37,10 @@ def read_calibrations(path: Path) -> dict[str, Any]:
         return {}
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8, or an integer too long for Python
         raise ConfigError(f"{path}: unreadable calibration file ({str(exc).splitlines()[0]}): fix or delete it") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: unreadable calibration file (nested too deeply): fix or delete it") from None
     entries = raw.get("pairs", {}) if isinstance(raw, dict) else None
     if not isinstance(entries, dict):
         raise ConfigError(f"{path}: expected a mapping 'pairs:' of calibrated pairs: fix or delete the file")

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from glimp_cli.entropy import ENTROPY_MODES
-from glimp_cli.errors import ConfigError, did_you_mean
+from glimp_cli.errors import ConfigError, did_you_mean, lone_surrogate
 from glimp_cli.router import RouterSettings
 from glimp_cli.session import Sampling
 
@@ -105,8 +105,16 @@ def at_least(low: int) -> Check:
     return lambda value: None if value >= low else f"must be {low} or more"
 
 
+def between(low: int, high: int) -> Check:
+    return lambda value: None if low <= value <= high else f"must be from {low} to {high}"
+
+
 def non_negative_number(value: float) -> str | None:
-    return None if math.isfinite(value) and value >= 0 else "must be a finite number, 0 or more"
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        finite = False
+    return None if finite and value >= 0 else "must be a finite number, 0 or more"
 
 
 def one_of(choices: tuple[str, ...]) -> Check:
@@ -128,12 +136,13 @@ PAIR_CHECKS: dict[str, Check] = {
     "answer_max_tokens": at_least(1),
 }
 MIN_N_CTX = 256  # room for a prompt, a step and an answer; below it llama.cpp or the first step fails
+MAX_LLAMA_INT = 2**31 - 1  # llama.cpp keeps these in 32-bit fields: a larger value would wrap silently
 MODEL_CHECKS: dict[str, Check] = {
     "prompt": lambda value: None if value is None or "{problem}" in value else "must contain {problem} (where the problem goes)",
-    "n_gpu_layers": at_least(-1),
-    "n_ctx": at_least(MIN_N_CTX),
-    "n_threads": lambda value: None if value is None else at_least(1)(value),
-    "n_batch": at_least(1),
+    "n_gpu_layers": between(-1, MAX_LLAMA_INT),
+    "n_ctx": between(MIN_N_CTX, MAX_LLAMA_INT),
+    "n_threads": lambda value: None if value is None else between(1, MAX_LLAMA_INT)(value),
+    "n_batch": between(1, MAX_LLAMA_INT),
 }
 SAMPLING_CHECKS: dict[str, Check] = {
     "temperature": non_negative_number,
@@ -199,9 +208,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Parse and validate a models.yaml."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}): save the file as UTF-8") from None
     try:
         raw = yaml.safe_load(text) or {}
         lines = _key_lines(yaml.compose(text))
@@ -210,6 +224,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{where}: YAML does not parse: {problem}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML does not parse: nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise ConfigError(f"{path}: YAML does not parse: {str(exc).split(':')[0]}") from None
     return _build_config(raw, lines, path)
 
 
@@ -256,6 +274,10 @@ def _section(raw: dict[str, Any], key: str, where) -> dict[str, Any]:
     body = raw.get(key) or {}
     if not isinstance(body, dict):
         raise ConfigError(f"{where(key)}: '{key}' must be a mapping of names")
+    for name in map(str, body):
+        surrogate = lone_surrogate(name)
+        if surrogate:
+            raise ConfigError(f"{where(key, name)}: the name {name!r} holds a lone surrogate, {surrogate}, which is not text")
     return {str(k): v for k, v in body.items()}
 
 
@@ -268,12 +290,28 @@ def _coerce(value: Any, fld: dataclasses.Field, place: str) -> Any:
         value = [value] if isinstance(value, str) else value
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{place}: '{fld.name}' must be a list of strings, got {value!r}")
+        _check_text(value, fld.name, place)
         return tuple(value)
     expected = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}[base]
     if not isinstance(value, expected) or (base in ("int", "float") and isinstance(value, bool)):
         noun = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}[base]
         raise ConfigError(f"{place}: '{fld.name}' must be {noun}, got {value!r}")
-    return float(value) if base == "float" else value
+    if base == "str":
+        _check_text([value], fld.name, place)
+    if base == "float":
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ConfigError(f"{place}: '{fld.name}' must be a finite number, got an integer beyond any float") from None
+    return value
+
+
+def _check_text(values: list[str], name: str, place: str) -> None:
+    """A ConfigError for a string with a lone surrogate (a YAML "\\ud800" escape): it cannot be written out."""
+    for value in values:
+        surrogate = lone_surrogate(value)
+        if surrogate:
+            raise ConfigError(f"{place}: '{name}' holds a lone surrogate, {surrogate}, which is not text")
 
 
 def _fields_of(body: Any, fields: dict[str, dataclasses.Field], key_path: tuple[str, ...], where) -> dict[str, Any]:
