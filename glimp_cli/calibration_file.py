@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from glimp_cli.config import PACKAGED_CONFIG, PAIR_CHECKS, Config
+from glimp_cli.config import PACKAGED_CONFIG, PAIR_CHECKS, Config, key_lines
 from glimp_cli.errors import ConfigError
 
 CALIBRATION_FILENAME = "glimp-calibration.yaml"
@@ -33,10 +33,17 @@ def calibration_path(config_path: str | os.PathLike[str]) -> Path:
 
 def read_calibrations(path: Path) -> dict[str, Any]:
     """The saved entries by pair name ({} without a file), or a ConfigError naming the file."""
+    return _read(path)[0]
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """The saved entries by pair name, and the line of every key (for errors)."""
     if not path.is_file():
-        return {}
+        return {}, {}
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text) or {}
+        lines = key_lines(yaml.compose(text))
     except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8, or an integer too long for Python
         raise ConfigError(f"{path}: unreadable calibration file ({str(exc).splitlines()[0]}): fix or delete it") from None
     except RecursionError:
@@ -44,7 +51,7 @@ def read_calibrations(path: Path) -> dict[str, Any]:
     entries = raw.get("pairs", {}) if isinstance(raw, dict) else None
     if not isinstance(entries, dict):
         raise ConfigError(f"{path}: expected a mapping 'pairs:' of calibrated pairs: fix or delete the file")
-    return {str(name): entry for name, entry in entries.items()}
+    return {str(name): entry for name, entry in entries.items()}, lines
 
 
 def apply_calibration(config: Config, path: str | os.PathLike[str] | None = None) -> Config:
@@ -55,21 +62,21 @@ def apply_calibration(config: Config, path: str | os.PathLike[str] | None = None
     """
     path = Path(path) if path is not None else calibration_path(config.path)
     pairs = dict(config.pairs)
-    for name, entry in read_calibrations(path).items():
+    entries, lines = _read(path)
+    for name, entry in entries.items():
         pair = pairs.get(name)
         if pair is None or not isinstance(entry, dict) or (entry.get("small"), entry.get("large")) != (pair.small, pair.large):
             continue  # another config's pair, or measured on other models: stale
         threshold, entropy = entry.get("threshold"), entry.get("entropy")
-        problem = (
-            "must be a number"
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-            else PAIR_CHECKS["threshold"](threshold)
-        )
-        if problem:
-            raise ConfigError(f"{path}: pair '{name}': threshold {problem}, got {threshold!r}: fix or delete the entry")
-        problem = PAIR_CHECKS["entropy"](entropy)
-        if problem:
-            raise ConfigError(f"{path}: pair '{name}': entropy {problem}, got {entropy!r}: fix or delete the entry")
+        for key, value in (("threshold", threshold), ("entropy", entropy)):
+            if key == "threshold" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                problem = "must be a number"
+            else:
+                problem = PAIR_CHECKS[key](value)
+            if problem:
+                line = lines.get(("pairs", name, key)) or lines.get(("pairs", name))
+                where = f"{path}:{line}" if line else str(path)
+                raise ConfigError(f"{where}: pair '{name}': {key} {problem}, got {value!r}: fix or delete the entry")
         pairs[pair.name] = dataclasses.replace(pair, threshold=float(threshold), entropy=entropy)
     return dataclasses.replace(config, pairs=pairs)
 

@@ -70,6 +70,7 @@ def number(*, low: float | None = None, high: float | None = None, low_open: boo
             raise typer.BadParameter(f"must be {allowed}, got {value!r}")
         return parsed
 
+    parse.bounds = (low, high, low_open, high_open)  # for the tests that try values out of range
     return parse
 
 
@@ -84,8 +85,11 @@ def number_list(parse_number):
             parsed = parse_number(part)
             if parsed not in numbers:
                 numbers.append(parsed)
+        if not numbers:
+            raise typer.BadParameter(f"must be one or more numbers separated by commas, got {value!r}")
         return Numbers(numbers)
 
+    parse.element = parse_number
     return parse
 
 
@@ -126,7 +130,14 @@ EntropyOpt = Annotated[
 ]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", parser=NON_NEGATIVE, help="Sampling temperature; 0 is greedy.")]
 TopPOpt = Annotated[float, typer.Option("--top-p", parser=number(low=0.0, high=1.0, low_open=True), help="Nucleus sampling mass, above 0 and at most 1.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed for sampling and --mode random; a benchmark derives each problem's seed from it and the problem id.")]
+MAX_SEED = 2**32 - 1  # llama.cpp's samplers take a 32-bit seed: a larger one would wrap onto a smaller one
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed", min=0, max=MAX_SEED,
+        help="Random seed (0 to 4294967295) for sampling and --mode random; a benchmark derives each problem's seed from it and the problem id.",
+    ),
+]
 MaxStepTokensOpt = Annotated[Optional[int], typer.Option("--max-step-tokens", min=1, help="Cap on one step's tokens.")]
 ThinkingBudgetOpt = Annotated[Optional[int], typer.Option("--thinking-budget", min=1, help="Cap on all thinking tokens.")]
 AnswerByOpt = Annotated[Optional[str], typer.Option("--answer-by", help="Who writes the final answer: large, small or last.")]

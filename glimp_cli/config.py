@@ -101,20 +101,27 @@ class Config:
 Check = Callable[[Any], "str | None"]  # a value -> what is wrong with it (the allowed range), or None
 
 
-def at_least(low: int) -> Check:
-    return lambda value: None if value >= low else f"must be {low} or more"
+@dataclass(frozen=True)
+class Bounds:
+    """The check of a number setting: an integer in [low, high], or a finite real number (`real`) from low up."""
 
+    low: float
+    high: float | None = None
+    real: bool = False  # a float setting: NaN and infinities refused
+    optional: bool = False  # None (unset: a default chosen later) passes
 
-def between(low: int, high: int) -> Check:
-    return lambda value: None if low <= value <= high else f"must be from {low} to {high}"
-
-
-def non_negative_number(value: float) -> str | None:
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an integer beyond any float
-        finite = False
-    return None if finite and value >= 0 else "must be a finite number, 0 or more"
+    def __call__(self, value: Any) -> str | None:
+        if value is None and self.optional:
+            return None
+        if self.real:
+            try:
+                ok = math.isfinite(value) and value >= self.low
+            except OverflowError:  # an integer beyond any float
+                ok = False
+            return None if ok else f"must be a finite number, {self.low:g} or more"
+        if self.low <= value and (self.high is None or value <= self.high):
+            return None
+        return f"must be {self.low} or more" if self.high is None else f"must be from {self.low} to {self.high}"
 
 
 def one_of(choices: tuple[str, ...]) -> Check:
@@ -126,26 +133,26 @@ def not_empty(value: str) -> str | None:
 
 
 PAIR_CHECKS: dict[str, Check] = {
-    "threshold": non_negative_number,  # nats
+    "threshold": Bounds(0.0, real=True),  # nats
     "entropy": one_of(ENTROPY_MODES),
-    "top_k": at_least(1),
+    "top_k": Bounds(1),
     "delimiter": not_empty,
     "answer_by": one_of(ANSWER_BY),
-    "step_max_tokens": at_least(1),
-    "thinking_budget": at_least(1),
-    "answer_max_tokens": at_least(1),
+    "step_max_tokens": Bounds(1),
+    "thinking_budget": Bounds(1),
+    "answer_max_tokens": Bounds(1),
 }
 MIN_N_CTX = 256  # room for a prompt, a step and an answer; below it llama.cpp or the first step fails
 MAX_LLAMA_INT = 2**31 - 1  # llama.cpp keeps these in 32-bit fields: a larger value would wrap silently
 MODEL_CHECKS: dict[str, Check] = {
     "prompt": lambda value: None if value is None or "{problem}" in value else "must contain {problem} (where the problem goes)",
-    "n_gpu_layers": between(-1, MAX_LLAMA_INT),
-    "n_ctx": between(MIN_N_CTX, MAX_LLAMA_INT),
-    "n_threads": lambda value: None if value is None else between(1, MAX_LLAMA_INT)(value),
-    "n_batch": between(1, MAX_LLAMA_INT),
+    "n_gpu_layers": Bounds(-1, MAX_LLAMA_INT),
+    "n_ctx": Bounds(MIN_N_CTX, MAX_LLAMA_INT),
+    "n_threads": Bounds(1, MAX_LLAMA_INT, optional=True),
+    "n_batch": Bounds(1, MAX_LLAMA_INT),
 }
 SAMPLING_CHECKS: dict[str, Check] = {
-    "temperature": non_negative_number,
+    "temperature": Bounds(0.0, real=True),
     "top_p": lambda value: None if 0.0 < value <= 1.0 else "must be above 0 and at most 1",
 }
 
@@ -218,7 +225,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}): save the file as UTF-8") from None
     try:
         raw = yaml.safe_load(text) or {}
-        lines = _key_lines(yaml.compose(text))
+        lines = key_lines(yaml.compose(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -231,14 +238,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return _build_config(raw, lines, path)
 
 
-def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+def key_lines(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
     """Line number (1-based) of every mapping key, by its key path."""
     lines: dict[tuple[str, ...], int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key_path = (*prefix, str(key_node.value))
             lines[key_path] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, key_path))
+            lines.update(key_lines(value_node, key_path))
     return lines
 
 

@@ -411,7 +411,7 @@ def test_a_broken_calibration_file_is_a_config_error_naming_it(tmp_path):
     config_path.write_text(CONFIG_WITH_COMMENTS)
     path = calibration_path(config_path)
     path.write_text("pairs:\n  p:\n    small: s\n    large: l\n    threshold: high\n    entropy: full\n")
-    with pytest.raises(ConfigError, match=f"^{path}: pair 'p': threshold must be a number, got 'high': fix or delete the entry"):
+    with pytest.raises(ConfigError, match=f"^{path}:5: pair 'p': threshold must be a number, got 'high': fix or delete the entry"):
         apply_calibration(load_config(config_path))
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match=f"^{path}: expected a mapping 'pairs:'"):
@@ -448,8 +448,9 @@ def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, 
         (["--sweep", "--thresholds", "1,x"], "Invalid value for '--thresholds': must be a number, 0 or more, got 'x'"),
         (["--sweep", "--rates", "0.2", "--max-latency", "0"], "Invalid value for '--max-latency': must be a number above 0, got '0'"),
         (["--sweep", "--rates", "0.2", "--margin", "2"], "Invalid value for '--margin': must be a number at least 0 and at most 1, got '2'"),
+        (["--sweep", "--thresholds", " , "], "Invalid value for '--thresholds': must be one or more numbers separated by commas, got ' , '"),
     ],
-    ids=["rate-0", "rate-1", "rate-above-1", "rate-not-a-number", "bad-rates", "bad-thresholds", "max-latency", "margin"],
+    ids=["rate-0", "rate-1", "rate-above-1", "rate-not-a-number", "bad-rates", "bad-thresholds", "max-latency", "margin", "empty-thresholds"],
 )
 def test_bad_option_values_are_usage_errors(tmp_path, monkeypatch, capsys, args, message):
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path)), "--out", str(tmp_path / "out"), *args)
@@ -462,12 +463,11 @@ def test_bad_option_values_are_usage_errors(tmp_path, monkeypatch, capsys, args,
     ("args", "message"),
     [
         (["--sweep"], "--sweep has no thresholds to try: pass --thresholds"),
-        (["--sweep", "--thresholds", " , "], "--sweep has no thresholds to try"),
         (["--rates", "0.2"], "--thresholds and --rates give the candidates of a sweep: add --sweep"),
         (["--sweep", "--rates", "0.2", "--objective", "acuracy"], "--objective must be one of accuracy, latency, got 'acuracy' (did you mean 'accuracy'?)"),
         (["--resume", "--force"], "--resume and --force exclude each other"),
     ],
-    ids=["sweep-alone", "sweep-empty", "rates-without-sweep", "objective", "resume-and-force"],
+    ids=["sweep-alone", "rates-without-sweep", "objective", "resume-and-force"],
 )
 def test_bad_option_combinations_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path)), "--out", str(tmp_path / "out"), *args)

@@ -128,8 +128,11 @@ def test_unknown_model_and_pair_names_suggest_the_closest():
     assert_one_line_error(glimp("ask", "x", "--pair", "dem"), "unknown pair 'dem'", "did you mean 'demo'")
 
 
-def test_threshold_that_is_not_a_number():
-    assert_one_line_error(glimp("ask", "x", "--threshold", "abc"), "--threshold must be a number, got 'abc'")
+def test_threshold_that_is_not_a_number_is_a_usage_error():
+    result = glimp("ask", "x", "--threshold", "abc")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "Error: Invalid value for '--threshold' / '-t': must be a number, 0 or more, got 'abc'"
+    assert "Traceback" not in result.stderr
 
 
 def test_unknown_mode_suggests_the_closest():
@@ -144,7 +147,7 @@ def test_problem_that_does_not_fit_the_context(tmp_path):
 
 
 def test_glimp_debug_shows_the_traceback():
-    result = glimp("ask", "x", "--threshold", "abc", env={"GLIMP_DEBUG": "1"})
+    result = glimp("ask", "x", "--pair", "dem", env={"GLIMP_DEBUG": "1"})
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
 
