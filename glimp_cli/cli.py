@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import codecs
 import math
 import os
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -29,8 +30,9 @@ from glimp_cli.config import (
     override_pair,
     router_settings,
 )
-from glimp_cli.errors import ConfigError, GlimpError, RunError, did_you_mean
+from glimp_cli.errors import ConfigError, GlimpError, RunError, did_you_mean, lone_surrogate
 from glimp_cli.policy import MODES, make_policy
+from glimp_cli.render import json_text
 from glimp_cli.router import RouterSettings
 from glimp_cli.session import DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
 
@@ -279,7 +281,7 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
     ]
     gpu_offload = backend.backend_info()["gpu_offload"]
     if json_output:
-        print(json.dumps({"config": str(cfg.path), "gpu_offload": gpu_offload, "models": rows, "pairs": pairs}, indent=2))
+        print(json_text({"config": str(cfg.path), "gpu_offload": gpu_offload, "models": rows, "pairs": pairs}, indent=2))
         return
     console = Console(highlight=False)
     console.print(f"config: {cfg.path}", markup=False)
@@ -350,7 +352,7 @@ def bench(
         small_session, large_session = open_pair(small_spec, large_spec)
         summary = benchmark.run_bench(plan, small=small_session, large=large_session, store=store, on_progress=display)
     if json_output:
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        print(json_text(summary, indent=2))
     else:
         Console(highlight=False).print(render_runs.summary_table(summary))
 
@@ -430,7 +432,7 @@ def calibrate(
     if save and report["threshold"] is not None:
         report["saved"] = str(save_calibration(report, calibration_path(cfg.path)))
     if json_output:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(json_text(report, indent=2))
     else:
         print_report(Console(highlight=False), report)
     if save and report["saved"] is None:
@@ -450,13 +452,14 @@ def main() -> None:
     """Entry point: usage errors as Click prints them (exit 2), one red line for glimp's own errors
     (exit 2 or 1), 130 for Ctrl-C."""
     debug = os.environ.get("GLIMP_DEBUG") == "1"
+    replaced = tolerate_unencodable_output()
     err = Console(stderr=True, highlight=False)
     try:
-        code = app(prog_name="glimp", standalone_mode=False)
+        code = app(args=utf8_arguments(sys.argv[1:]), prog_name="glimp", standalone_mode=False)
     except GlimpError as exc:
         if debug:
             raise
-        err.print(f"[red]glimp: error:[/] {escape(str(exc))}", soft_wrap=True)
+        err.print(f"[red]glimp: error:[/] {escape(one_line(str(exc)))}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
@@ -472,4 +475,66 @@ def main() -> None:
             raise
         exc.show()  # usage line, then "Error: ...", as Click prints it
         sys.exit(exc.exit_code)
+    finally:
+        if replaced:
+            err.print(
+                f"glimp: warning: {len(replaced)} character(s) could not be shown in this terminal's encoding "
+                f"({sys.stdout.encoding}) and were printed as '?': set PYTHONIOENCODING=utf-8 or a UTF-8 locale to see them",
+                markup=False,
+                soft_wrap=True,
+            )
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def utf8_arguments(arguments: list[str]) -> list[str]:
+    """The command line as UTF-8 text, or a ConfigError naming an argument that is not UTF-8.
+
+    Python hands over bytes it could not decode as lone surrogates, which fail later, when the text is
+    tokenized, printed or stored. Under a C or POSIX locale without UTF-8 mode, valid UTF-8 arrives so
+    too: it is decoded here.
+    """
+    decoded = []
+    for position, argument in enumerate(arguments, start=1):
+        if lone_surrogate(argument):
+            raw = os.fsencode(argument)
+            try:
+                argument = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                option = arguments[position - 2] if position > 1 and arguments[position - 2].startswith("-") else None
+                raise ConfigError(
+                    f"argument {position}{f' (the value of {option})' if option else ''}, "
+                    f"'{raw.decode('utf-8', 'backslashreplace')}', is not UTF-8 (byte 0x{raw[exc.start]:02x}): "
+                    "pass problems, names and file names as UTF-8"
+                ) from None
+        decoded.append(argument)
+    return decoded
+
+
+UNENCODABLE_OUTPUT = "glimp-count-and-replace"
+
+
+def tolerate_unencodable_output() -> list[str]:
+    """Make stdout print a character its encoding lacks (an ASCII or Latin-1 terminal: '■', '€') as '?'
+    instead of raising, and stderr as a backslash escape; returns the list that collects the characters
+    replaced on stdout, for one warning at the end."""
+    replaced: list[str] = []
+
+    def replace(exc: UnicodeError):
+        if not isinstance(exc, UnicodeEncodeError):
+            raise exc
+        replaced.extend(exc.object[exc.start : exc.end])
+        return "?" * (exc.end - exc.start), exc.end
+
+    codecs.register_error(UNENCODABLE_OUTPUT, replace)  # registered again per call: this call's list
+    for stream, errors in ((sys.stdout, UNENCODABLE_OUTPUT), (sys.stderr, "backslashreplace")):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=errors)
+    return replaced
+
+
+def one_line(message: str) -> str:
+    """The message with line breaks and other control characters escaped (a name or value from a file may
+    hold them): an error is one line."""
+    return "".join(
+        ascii(char)[1:-1] if char != "\t" and unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") else char for char in message
+    )

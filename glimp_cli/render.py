@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -24,13 +25,25 @@ def entropy_bar(entropy: float, threshold: float, *, width: int = BAR_WIDTH) -> 
     return "█" * filled + "░" * (width - filled)
 
 
-def write_json_lines(events: Iterable[Event], *, out: TextIO = sys.stdout) -> Summary | None:
+def json_text(value: Any, *, out: TextIO | None = None, indent: int | None = None) -> str:
+    """JSON for `out` (default: stdout): non-ASCII text as is on a UTF-8 stream, as \\u escapes on any
+    other (an ASCII or Latin-1 terminal), so that scripts always get every character."""
+    out = out if out is not None else sys.stdout
+    try:
+        unicode = codecs.lookup(getattr(out, "encoding", None) or "utf-8").name.startswith("utf")
+    except LookupError:
+        unicode = False
+    return json.dumps(value, indent=indent, ensure_ascii=not unicode)
+
+
+def write_json_lines(events: Iterable[Event], *, out: TextIO | None = None) -> Summary | None:
     """One JSON object per event (no streaming deltas); returns the Summary."""
+    out = out if out is not None else sys.stdout
     summary = None
     for event in events:
         if isinstance(event, Delta):
             continue
-        out.write(json.dumps(event_record(event), ensure_ascii=False) + "\n")
+        out.write(json_text(event_record(event), out=out) + "\n")
         out.flush()
         if isinstance(event, Summary):
             summary = event
