@@ -20,13 +20,15 @@ from typing import Any
 from glimp_cli.checker import extract_answer, is_equivalent
 from glimp_cli.config import ModelSpec, PairSpec
 from glimp_cli.dataset import Problem, file_sha256, load_problems
-from glimp_cli.errors import ConfigError, did_you_mean
+from glimp_cli.errors import ConfigError, ProblemError, did_you_mean, lone_surrogate
 from glimp_cli.policy import MODES, make_policy
 from glimp_cli.router import RouterSettings, run
 from glimp_cli.session import Session
 from glimp_cli.store import ResultStore
 
 PROBE_ENTROPIES = "probe_entropies"  # a probed record's step entropies in every mode: {"full": [...], "topk": [...]}
+ERROR = "error"  # the finish reason of a problem that could not be run; its record's "error" says why
+MAX_ERRORS_SHOWN = 3  # failed problems named under the summary table
 DEFAULT_RATE = 0.25
 # The single-model baselines answer with their own model, so that `small` never runs the large one.
 BASELINE_ANSWER_BY = {"small": "small", "large": "large"}
@@ -243,7 +245,11 @@ def run_condition(
 
 
 def solve(problem: Problem, condition: Condition, *, small: Session, large: Session, settings: RouterSettings) -> dict[str, Any]:
-    """Route one problem under one condition and check its answer; returns its results.jsonl record."""
+    """Route one problem under one condition and check its answer; returns its results.jsonl record.
+
+    A problem that cannot be run (a ProblemError: too long for a model's context, text that cannot be
+    encoded) gets a failed record with the reason, so that one bad problem does not stop a benchmark.
+    """
     seed = problem_seed(settings.sampling.seed, problem.id)
     settings = dataclasses.replace(
         settings,
@@ -252,7 +258,14 @@ def solve(problem: Problem, condition: Condition, *, small: Session, large: Sess
         sampling=dataclasses.replace(settings.sampling, seed=seed),
     )
     policy = make_policy(condition.mode, rate=condition.rate if condition.rate is not None else DEFAULT_RATE)
-    summary = run(problem.text, small=small, large=large, settings=settings, policy=policy)
+    started = time.perf_counter()
+    try:
+        surrogate = lone_surrogate(problem.text)
+        if surrogate:  # load_problems refuses these; a Problem built elsewhere may hold one
+            raise ProblemError(f"the problem text holds a lone surrogate, {surrogate}, which is not text")
+        summary = run(problem.text, small=small, large=large, settings=settings, policy=policy)
+    except ProblemError as exc:
+        return failed_record(problem, condition, error=str(exc), seed=seed, latency_s=time.perf_counter() - started, probed=policy.needs_probe)
     thinking = "".join(step.text for step in summary.steps)
     predicted = extract_answer(summary.answer) or extract_answer(thinking + summary.answer)
     record = {
@@ -279,6 +292,34 @@ def solve(problem: Problem, condition: Condition, *, small: Session, large: Sess
             "full": [None if s.entropy_full is None else s.entropy_full + 0.0 for s in summary.steps],  # + 0.0: no -0.0
             "topk": [None if s.entropy_topk is None else s.entropy_topk + 0.0 for s in summary.steps],
         }
+    return record
+
+
+def failed_record(problem: Problem, condition: Condition, *, error: str, seed: int, latency_s: float, probed: bool) -> dict[str, Any]:
+    """The results.jsonl record of a problem that could not be run: wrong, no steps, the reason in `error`."""
+    record = {
+        "id": problem.id,
+        "mode": condition.mode,
+        "threshold": condition.threshold,
+        "rate": condition.rate,
+        "correct": False,
+        "predicted": None,
+        "gold": problem.gold,
+        "answer": "",
+        "answer_model": None,
+        "latency_s": round(latency_s, 6),  # until the failure; summaries leave it out
+        "steps": 0,
+        "large_steps": 0,
+        "tokens": {"small": 0, "large": 0},
+        "prefill_tokens": {"small": 0, "large": 0},
+        "entropies": [],
+        "finish_reason": ERROR,
+        "seed": seed,
+        "error": error,
+        "line": problem.line,
+    }
+    if probed:
+        record[PROBE_ENTROPIES] = {"full": [], "topk": []}  # no steps: calibrate's quantile skips it
     return record
 
 
@@ -330,7 +371,7 @@ def summarize(
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["mode"], record.get("threshold"), record.get("rate")), []).append(record)
-    large_latency = {r["id"]: r["latency_s"] for r in records if r["mode"] == "large"}
+    large_latency = {r["id"]: r["latency_s"] for r in records if r["mode"] == "large" and r["finish_reason"] != ERROR}
     order = sorted(groups, key=lambda k: (MODES.index(k[0]) if k[0] in MODES else len(MODES), k[1] or 0.0, k[2] or 0.0))
     conditions = [_condition_summary(Condition(*key), groups[key], large_latency) for key in order]
     return {
@@ -342,21 +383,35 @@ def summarize(
         "results": len(records),
         **(planned or {}),
         "conditions": conditions,
+        "failed": failed_problems(records),
         "overhead": overhead,
     }
 
 
+def failed_problems(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The problems that could not be run, in results order: id, data-file line, reason and the conditions."""
+    failed: dict[tuple, dict[str, Any]] = {}
+    for record in records:
+        if record["finish_reason"] == ERROR:
+            entry = failed.setdefault((record["id"], record["error"]), {"id": record["id"], "line": record.get("line"), "error": record["error"], "conditions": []})
+            entry["conditions"].append(Condition(record["mode"], record.get("threshold"), record.get("rate")).label)
+    return list(failed.values())
+
+
 def _condition_summary(condition: Condition, records: list[dict[str, Any]], large_latency: dict[Any, float]) -> dict[str, Any]:
+    """Accuracy over every record (a failed problem counts as wrong); latency, steps and tokens over the
+    problems that ran (None when none did)."""
     n = len(records)
     correct = sum(1 for r in records if r["correct"])
     accuracy = correct / n
-    latencies = [r["latency_s"] for r in records]
-    paired = [(r["latency_s"], large_latency[r["id"]]) for r in records if r["id"] in large_latency]
+    ran = [r for r in records if r["finish_reason"] != ERROR]
+    latencies = [r["latency_s"] for r in ran]
+    paired = [(r["latency_s"], large_latency[r["id"]]) for r in ran if r["id"] in large_latency]
     paired_large_s = sum(large for _, large in paired)
-    steps = sum(r["steps"] for r in records)
-    large_steps = sum(r["large_steps"] for r in records)
-    tokens_small = sum(r["tokens"]["small"] for r in records)
-    tokens_large = sum(r["tokens"]["large"] for r in records)
+    steps = sum(r["steps"] for r in ran)
+    large_steps = sum(r["large_steps"] for r in ran)
+    tokens_small = sum(r["tokens"]["small"] for r in ran)
+    tokens_large = sum(r["tokens"]["large"] for r in ran)
     return {
         "label": condition.label,
         "mode": condition.mode,
@@ -364,10 +419,11 @@ def _condition_summary(condition: Condition, records: list[dict[str, Any]], larg
         "rate": condition.rate,
         "n": n,
         "correct": correct,
+        "errors": n - len(ran),
         "accuracy": accuracy,
         "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
-        "latency_mean_s": statistics.fmean(latencies),
-        "latency_median_s": statistics.median(latencies),
+        "latency_mean_s": statistics.fmean(latencies) if latencies else None,
+        "latency_median_s": statistics.median(latencies) if latencies else None,
         # mean latency over the problems that `large` also ran, divided by large's on them
         "latency_vs_large": sum(own for own, _ in paired) / paired_large_s if paired and paired_large_s > 0 else None,
         "steps": steps,
@@ -392,8 +448,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
             str(c["n"]),
             f"{c['accuracy']:.1%}",
             f"{c['accuracy_se']:.1%}",
-            f"{c['latency_mean_s']:.2f}",
-            f"{c['latency_median_s']:.2f}",
+            f"{c['latency_mean_s']:.2f}" if c["latency_mean_s"] is not None else "-",
+            f"{c['latency_median_s']:.2f}" if c["latency_median_s"] is not None else "-",
             f"{c['latency_vs_large']:.2f}×" if c["latency_vs_large"] is not None else "-",
             f"{c['large_step_share']:.1%}",
             f"{c['large_token_share']:.1%}",
@@ -418,6 +474,19 @@ def summary_caption(summary: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def failed_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per problem that could not be run (the first MAX_ERRORS_SHOWN), for under the table."""
+    failed = summary.get("failed") or []
+    lines = [
+        f"failed: id {entry['id']!r}" + (f" (line {entry['line']})" if entry.get("line") else "")
+        + f" in {', '.join(entry['conditions'])}: {entry['error']}"
+        for entry in failed[:MAX_ERRORS_SHOWN]
+    ]
+    if len(failed) > MAX_ERRORS_SHOWN:
+        lines.append(f"... and {len(failed) - MAX_ERRORS_SHOWN} more failed problems: see \"error\" in results.jsonl")
+    return lines
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# glimp bench: {Path(summary['data'] or '?').name}",
@@ -428,4 +497,6 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "|" + "|".join("---" if i in (0, len(SUMMARY_COLUMNS) - 1) else "---:" for i in range(len(SUMMARY_COLUMNS))) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(summary)]
+    failed = failed_lines(summary)
+    lines += ["", *failed] if failed else []
     return "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from glimp_cli.bench import ERROR
 from glimp_cli.bench import PROBE_ENTROPIES as PROBE_KEY
 from glimp_cli.bench import BenchPlan, Condition, ProgressCallback, run_bench, run_condition, summarize
 from glimp_cli.bench import fingerprint as bench_fingerprint
@@ -118,14 +119,15 @@ def steps_needed(rate: float) -> int:
     return max(MIN_STEPS, math.ceil(round(1 / min(rate, 1 - rate), 9)))
 
 
-def check_enough_steps(steps: int, rates: Iterable[float], *, problems: int) -> None:
-    """A DataError saying how many steps were collected when a quantile needs more."""
+def check_enough_steps(steps: int, rates: Iterable[float], *, problems: int, failed: int = 0) -> None:
+    """A DataError saying how many steps were collected (and problems failed) when a quantile needs more."""
     rates = list(rates)
     needed = max(steps_needed(rate) for rate in rates)
     if steps < needed:
         shown = ", ".join(f"{rate:g}" for rate in rates)
+        failures = f" ({failed} more could not be run: see \"error\" in results.jsonl)" if failed else ""
         raise DataError(
-            f"only {steps} steps collected from {problems} problem{'s' if problems != 1 else ''}: a threshold for a large-step share of {shown} "
+            f"only {steps} steps collected from {problems} problem{'s' if problems != 1 else ''}{failures}: a threshold for a large-step share of {shown} "
             f"needs at least {needed}; raise --limit (with --resume the problems already run are kept)"
         )
 
@@ -261,10 +263,13 @@ def histogram(entropies: Sequence[float], *, threshold: float | None = None) -> 
 
 def probe_report(plan: CalibrationPlan, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Both modes' entropy distributions and the threshold for the target rate in each. Without
-    enough steps this is a DataError, except in a sweep, whose report then has no such threshold."""
+    enough steps this is a DataError, except in a sweep, whose report then has no such threshold.
+    A problem that could not be run (bench's failed record) has no steps: the quantile skips it, and
+    the report counts it as failed, not among the problems measured."""
+    failed = sum(1 for record in records if record["finish_reason"] == ERROR)
     steps = sum(len(record[PROBE_KEY]["full"]) for record in records)
     if not plan.sweep:
-        check_enough_steps(steps, [plan.target_rate], problems=len(records))
+        check_enough_steps(steps, [plan.target_rate], problems=len(records) - failed, failed=failed)
     quantile = steps >= steps_needed(plan.target_rate)
     modes = {}
     for mode in ENTROPY_MODES:
@@ -275,7 +280,7 @@ def probe_report(plan: CalibrationPlan, records: list[dict[str, Any]]) -> dict[s
             "threshold": at_rate.record() if at_rate else None,
             "histogram": histogram(entropies, threshold=at_rate.threshold if at_rate else None) if entropies else [],
         }
-    return {"problems": len(records), "steps": steps, "target_rate": plan.target_rate, "modes": modes}
+    return {"problems": len(records) - failed, "failed": failed, "steps": steps, "target_rate": plan.target_rate, "modes": modes}
 
 
 # -- the sweep pass -------------------------------------------------------------------
@@ -285,7 +290,8 @@ def sweep_candidates(plan: CalibrationPlan, records: list[dict[str, Any]]) -> di
     """Thresholds to try (nats, ascending) -> the rate each was derived from (None: from --thresholds)."""
     entropies = probe_entropies(records, plan.settings.entropy_mode)
     if plan.rates:
-        check_enough_steps(len(entropies), plan.rates, problems=len(records))
+        failed = sum(1 for record in records if record["finish_reason"] == ERROR)
+        check_enough_steps(len(entropies), plan.rates, problems=len(records) - failed, failed=failed)
     candidates: dict[float, float | None] = {threshold: None for threshold in plan.thresholds}
     for rate in plan.rates:
         candidates.setdefault(threshold_for_rate(entropies, rate).threshold, rate)
@@ -324,7 +330,7 @@ def _sweep_row(condition: dict[str, Any], candidates: dict[float, float | None],
         "target_rate": candidates.get(threshold) if glimp else None,
         # the share the probe's entropies predict; the routed run's own share is large_step_share
         "probe_share": large_steps_at(entropies, threshold) / len(entropies) if glimp and entropies else None,
-        **{key: condition[key] for key in ("n", "correct", "accuracy", "accuracy_se", "latency_mean_s", "latency_vs_large", "large_step_share")},
+        **{key: condition[key] for key in ("n", "correct", "errors", "accuracy", "accuracy_se", "latency_mean_s", "latency_vs_large", "large_step_share")},
         "pareto": False,
         "chosen": False,
     }
@@ -335,10 +341,15 @@ def pareto_flags(rows: Sequence[dict[str, Any]]) -> list[bool]:
     latency) and better in one of the two."""
 
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        no_worse = a["accuracy"] >= b["accuracy"] and a["latency_mean_s"] <= b["latency_mean_s"]
-        return no_worse and (a["accuracy"] > b["accuracy"] or a["latency_mean_s"] < b["latency_mean_s"])
+        no_worse = a["accuracy"] >= b["accuracy"] and latency(a) <= latency(b)
+        return no_worse and (a["accuracy"] > b["accuracy"] or latency(a) < latency(b))
 
     return [not any(dominates(other, row) for other in rows if other is not row) for row in rows]
+
+
+def latency(row: dict[str, Any]) -> float:
+    """A row's mean latency in seconds; infinite when none of its problems could be run."""
+    return row["latency_mean_s"] if row["latency_mean_s"] is not None else math.inf
 
 
 def choose(rows: Sequence[dict[str, Any]], *, objective: str, max_latency: float, margin: float) -> tuple[dict[str, Any] | None, str, str]:
@@ -352,14 +363,14 @@ def choose(rows: Sequence[dict[str, Any]], *, objective: str, max_latency: float
     if objective == "accuracy":
         rule = f"most accurate at latency <= {max_latency:g}x large"
         eligible = [row for row in glimp if row["latency_vs_large"] is not None and row["latency_vs_large"] <= max_latency]
-        key = lambda row: (-row["accuracy"], row["latency_mean_s"])  # noqa: E731
-        fastest = min(glimp, key=lambda row: row["latency_mean_s"])
+        key = lambda row: (-row["accuracy"], latency(row))  # noqa: E731
+        fastest = min(glimp, key=latency)
         miss = f"the fastest, {fastest['label']}, takes {fastest['latency_vs_large'] or math.nan:.2f}x large"
     else:
         floor = large["accuracy"] - margin
         rule = f"fastest at accuracy >= {max(floor, 0.0):.1%}" + (f" (large's {large['accuracy']:.1%} - {margin:.1%})" if margin else " (large's)")
         eligible = [row for row in glimp if row["accuracy"] >= floor - 1e-9]
-        key = lambda row: (row["latency_mean_s"], -row["accuracy"])  # noqa: E731
+        key = lambda row: (latency(row), -row["accuracy"])  # noqa: E731
         best = max(glimp, key=lambda row: row["accuracy"])
         miss = f"the most accurate, {best['label']}, reaches {best['accuracy']:.1%}"
     if not eligible:

@@ -354,7 +354,7 @@ def bench(
     if json_output:
         print(json_text(summary, indent=2))
     else:
-        Console(highlight=False).print(render_runs.summary_table(summary))
+        render_runs.print_summary(Console(highlight=False), summary)
 
 
 @app.command()

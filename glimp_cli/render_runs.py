@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from glimp_cli.bench import SUMMARY_COLUMNS, BenchProgress, summary_caption, summary_rows
+from glimp_cli.bench import ERROR, SUMMARY_COLUMNS, BenchProgress, failed_lines, summary_caption, summary_rows
 from glimp_cli.entropy import ENTROPY_MODES
 from glimp_cli.render import MODEL_STYLES
 
@@ -86,15 +86,24 @@ class BenchDisplay:
 
     def _line(self, progress: BenchProgress) -> None:
         record = progress.record
-        verdict = "correct" if record["correct"] else "wrong"
+        if record["finish_reason"] == ERROR:
+            verdict = f"failed ({record['error']})"
+        else:
+            verdict = f"{'correct' if record['correct'] else 'wrong'} (predicted {record['predicted']!r}, gold {record['gold']!r}) {record['latency_s']:.2f} s"
         self.console.print(
             f"[{progress.done}/{progress.total}] {progress.condition.label} problem {progress.position}/{progress.problems} "
-            f"id={record['id']} {verdict} (predicted {record['predicted']!r}, gold {record['gold']!r}) {record['latency_s']:.2f} s · "
-            f"acc {progress.accuracy:.1%} ({progress.correct}/{progress.scored})",
+            f"id={record['id']} {verdict} · acc {progress.accuracy:.1%} ({progress.correct}/{progress.scored})",
             markup=False,
             highlight=False,
             soft_wrap=True,
         )
+
+
+def print_summary(console, summary: dict[str, Any]) -> None:
+    """The summary table, then one line per problem that could not be run."""
+    console.print(summary_table(summary))
+    for line in failed_lines(summary):
+        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def summary_table(summary: dict[str, Any]):
@@ -102,7 +111,7 @@ def summary_table(summary: dict[str, Any]):
     finish = "; ".join(f"{row[0]}: {row[-1]}" for row in summary_rows(summary))
     table = Table(
         title=f"glimp bench: {Path(summary['data'] or '?').name}",
-        caption=f"{summary_caption(summary)}\nfinish: {finish}",
+        caption=Text(f"{summary_caption(summary)}\nfinish: {finish}"),  # names are not markup
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
         pad_edge=False,
@@ -124,8 +133,9 @@ BAR_CHARS = {"small": "█", "large": "▓"}  # distinct without colour too
 def print_report(console, report: dict[str, Any]) -> None:
     """Histograms, quantiles and thresholds of the probe; the sweep table; the choice."""
     probe = report["probe"]
+    failed = f" (and {probe['failed']} that could not be run, skipped: see \"error\" in results.jsonl)" if probe.get("failed") else ""
     console.print(
-        f"probe: {probe['steps']} steps from {probe['problems']} problems, small model {report['small']} · "
+        f"probe: {probe['steps']} steps from {probe['problems']} problems{failed}, small model {report['small']} · "
         f"initial-token entropy in nats · pair {report['pair']}",
         markup=False,
         highlight=False,
@@ -202,7 +212,7 @@ def sweep_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
             str(row["n"]),
             f"{row['accuracy']:.1%}",
             f"{row['accuracy_se']:.1%}",
-            f"{row['latency_mean_s']:.2f}",
+            f"{row['latency_mean_s']:.2f}" if row["latency_mean_s"] is not None else "-",
             f"{row['latency_vs_large']:.2f}×" if row["latency_vs_large"] is not None else "-",
             f"{row['large_step_share']:.1%}",
             f"{row['probe_share']:.1%}" if row["probe_share"] is not None else "-",

@@ -23,9 +23,11 @@ from rich.console import Console
 from cli_helpers import BAD_DATA, BAD_DATA_IDS, assert_bad_data_rejected, one_error_line, run_main, usage_error
 from glimp_cli import bench
 from glimp_cli.bench import BenchProgress, Condition, make_plan, run_bench, summary_markdown
+from glimp_cli import render_runs
 from glimp_cli.render_runs import BenchDisplay
 from glimp_cli.config import PACKAGED_CONFIG
-from glimp_cli.errors import ConfigError
+from glimp_cli.dataset import Problem
+from glimp_cli.errors import ConfigError, ContextError, RunError
 from glimp_cli.config import PairSpec, router_settings
 from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
 from glimp_cli.session import FirstToken, Counters, Sampling, StepOutput
@@ -51,12 +53,15 @@ class SteppingSession:
         self.counters = Counters()
         self.starts: list[tuple[str, int]] = []  # (problem, seed)
         self.interrupt_at_start: int | None = None  # raise KeyboardInterrupt at this start() call
+        self.fail_at_start: dict[str, Exception] = {}  # problem text -> what start() raises for it
         self._problem = ""
         self._text = ""
 
     def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
         if self.interrupt_at_start == len(self.starts) + 1:
             raise KeyboardInterrupt
+        if problem in self.fail_at_start:
+            raise self.fail_at_start[problem]
         self.starts.append((problem, sampling.seed))
         self._problem, self._text, self.counters = problem, "", Counters()
 
@@ -332,9 +337,111 @@ def test_condition_labels():
     assert [Condition("glimp", threshold=1.5).label, Condition("random", 1.0, 0.1234).label, Condition("small").label] == ["glimp@1.5", "random@0.123", "small"]
 
 
+# --- a problem that cannot be run ------------------------------------------------------------------
+
+TOO_LONG = "the problem does not fit model 'small': its prompt is 5000 tokens, plus 288 reserved for generation, and n_ctx is 4096; raise n_ctx in models.yaml"
+
+
+def _pair_failing_on(problem: str, error: Exception, n: int = 3):
+    pair = _pair(n)
+    pair[0].fail_at_start[problem] = error
+    return pair
+
+
+def test_a_problem_too_long_for_the_context_is_a_failed_record_and_the_run_goes_on(tmp_path):
+    summary, records, (small, _) = _run(tmp_path, pair=_pair_failing_on("problem 1", ContextError(TOO_LONG)))
+    assert [(r["mode"], r["id"]) for r in records] == [(m, f"p{i}") for m in ("glimp", "small", "large", "random") for i in range(3)]
+    assert [problem for problem, _ in small.starts] == ["problem 0", "problem 2"] * 4  # the others ran in every mode
+    failed = [r for r in records if r["id"] == "p1"]
+    assert all(r["latency_s"] >= 0 and r["seed"] == bench.problem_seed(0, "p1") for r in failed)
+    assert {k: v for k, v in failed[0].items() if k not in ("latency_s", "seed")} == {
+        "id": "p1",
+        "mode": "glimp",
+        "threshold": 1.0,
+        "rate": None,
+        "correct": False,
+        "predicted": None,
+        "gold": "11",
+        "answer": "",
+        "answer_model": None,
+        "steps": 0,
+        "large_steps": 0,
+        "tokens": {"small": 0, "large": 0},
+        "prefill_tokens": {"small": 0, "large": 0},
+        "entropies": [],
+        "finish_reason": "error",
+        "error": TOO_LONG,
+        "line": 2,
+        "probe_entropies": {"full": [], "topk": []},
+    }
+    assert [("probe_entropies" in r, r["finish_reason"]) for r in failed[1:]] == [(True, "error"), (False, "error"), (False, "error")]  # small probes
+    _assert_summary_matches_records(summary, records)
+
+
+def test_the_summary_counts_failed_problems_and_names_them(tmp_path):
+    summary, _, _ = _run(tmp_path, pair=_pair_failing_on("problem 1", ContextError(TOO_LONG)))
+    counts = {c["label"]: (c["n"], c["correct"], c["errors"], c["finish_reasons"]) for c in summary["conditions"]}
+    assert counts == {
+        "glimp@1": (3, 2, 1, {"answer_marker": 2, "error": 1}),
+        "small": (3, 2, 1, {"answer_marker": 2, "error": 1}),  # the small model answers problems 0 and 2
+        "large": (3, 2, 1, {"answer_marker": 2, "error": 1}),
+        "random@0.250": (3, 2, 1, {"answer_marker": 2, "error": 1}),  # glimp's share on the problems that ran
+    }
+    assert summary["failed"] == [{"id": "p1", "line": 2, "error": TOO_LONG, "conditions": ["glimp@1", "small", "large", "random@0.250"]}]
+    markdown = (tmp_path / "out" / SUMMARY_MD).read_text()
+    assert markdown.endswith(f"| random@0.250 |{markdown.rsplit('| random@0.250 |', 1)[1].splitlines()[0]}\n\nfailed: id 'p1' (line 2) in glimp@1, small, large, random@0.250: {TOO_LONG}\n")
+    assert "| answer_marker 2, error 1 |" in markdown
+
+
+def test_the_terminal_summary_shows_the_failed_problem(tmp_path):
+    summary, _, _ = _run(tmp_path, pair=_pair_failing_on("problem 1", ContextError(TOO_LONG)))
+    out = io.StringIO()
+    render_runs.print_summary(Console(file=out, width=100, color_system=None), summary)
+    lines = out.getvalue().splitlines()
+    assert "finish: glimp@1: answer_marker 2, error 1; small: answer_marker 2, error 1;" in " ".join(" ".join(lines).split())
+    assert lines[-1] == f"failed: id 'p1' (line 2) in glimp@1, small, large, random@0.250: {TOO_LONG}"
+
+
+def test_a_failed_problem_is_not_run_again_on_resume(tmp_path):
+    _run(tmp_path, pair=_pair_failing_on("problem 1", ContextError(TOO_LONG)))
+    seen: list[BenchProgress] = []
+    summary, records, (small, large) = _run(tmp_path, resume=True, on_progress=seen.append)
+    assert small.starts == [] and large.starts == []
+    assert [p.status for p in seen] == ["skipped"] * 12
+    assert len(records) == 12 and [r["finish_reason"] for r in records if r["id"] == "p1"] == ["error"] * 4
+    assert (summary["finished"], summary["planned"]) == (12, 12)
+
+
+def test_a_failed_problem_has_a_plain_progress_line(tmp_path):
+    out = io.StringIO()
+    display = BenchDisplay(Console(file=out, force_terminal=False, width=300), out=Path("runs/x"))
+    with display:
+        _run(tmp_path, modes="large", pair=_pair_failing_on("problem 1", ContextError(TOO_LONG)), on_progress=display)
+    lines = out.getvalue().splitlines()
+    assert lines[1] == f"[2/3] large problem 2/3 id=p1 failed ({TOO_LONG}) · acc 50.0% (1/2)"
+    assert lines[2].startswith("[3/3] large problem 3/3 id=p2 correct ")
+
+
+def test_any_other_error_still_stops_the_run_and_keeps_what_finished(tmp_path):
+    with pytest.raises(RunError, match="the GPU fell over"):
+        _run(tmp_path, pair=_pair_failing_on("problem 1", RunError("the GPU fell over")))
+    records = _records(tmp_path / "out")
+    assert [(r["mode"], r["id"]) for r in records] == [("glimp", "p0")]
+    assert json.loads((tmp_path / "out" / SUMMARY_JSON).read_text())["results"] == 1
+
+
+def test_a_problem_text_that_cannot_be_encoded_is_a_failed_record():
+    # load_problems refuses such a line; a Problem built another way gets a failed record, not a traceback.
+    small, large = _pair(1)
+    record = bench.solve(Problem(id="x", text="half \ud83d", gold="1", line=7), Condition("small"), small=small, large=large, settings=SETTINGS)
+    assert (record["finish_reason"], record["correct"], record["line"]) == ("error", False, 7)
+    assert record["error"] == "the problem text holds a lone surrogate, \\ud83d at character 6, which is not text"
+    assert small.starts == []
+
+
 def _assert_summary_matches_records(summary: dict, records: list[dict]) -> None:
     by_label = {c["label"]: c for c in summary["conditions"]}
-    large_latency = {r["id"]: r["latency_s"] for r in records if r["mode"] == "large"}
+    large_latency = {r["id"]: r["latency_s"] for r in records if r["mode"] == "large" and r["finish_reason"] != "error"}
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["mode"], r["threshold"], r["rate"]), []).append(r)
@@ -342,20 +449,22 @@ def _assert_summary_matches_records(summary: dict, records: list[dict]) -> None:
     for key, group in groups.items():
         c = by_label[Condition(*key).label]
         n = len(group)
+        ran = [r for r in group if r["finish_reason"] != "error"]  # a failed problem counts as wrong, and only there
         accuracy = sum(r["correct"] for r in group) / n
-        latencies = sorted(r["latency_s"] for r in group)
-        tokens_small = sum(r["tokens"]["small"] for r in group)
-        tokens_large = sum(r["tokens"]["large"] for r in group)
-        assert c["n"] == n
+        latencies = sorted(r["latency_s"] for r in ran)
+        m = len(ran)
+        tokens_small = sum(r["tokens"]["small"] for r in ran)
+        tokens_large = sum(r["tokens"]["large"] for r in ran)
+        assert (c["n"], c["errors"]) == (n, n - m)
         assert c["accuracy"] == pytest.approx(accuracy)
         assert c["accuracy_se"] == pytest.approx(math.sqrt(accuracy * (1 - accuracy) / n))
-        assert c["latency_mean_s"] == pytest.approx(sum(latencies) / n)
-        assert c["latency_median_s"] == pytest.approx(latencies[n // 2] if n % 2 else (latencies[n // 2 - 1] + latencies[n // 2]) / 2)
-        assert c["large_step_share"] == pytest.approx(sum(r["large_steps"] for r in group) / sum(r["steps"] for r in group))
+        assert c["latency_mean_s"] == pytest.approx(sum(latencies) / m)
+        assert c["latency_median_s"] == pytest.approx(latencies[m // 2] if m % 2 else (latencies[m // 2 - 1] + latencies[m // 2]) / 2)
+        assert c["large_step_share"] == pytest.approx(sum(r["large_steps"] for r in ran) / sum(r["steps"] for r in ran))
         assert c["large_token_share"] == pytest.approx(tokens_large / (tokens_small + tokens_large))
         assert c["tokens_per_s"] == pytest.approx((tokens_small + tokens_large) / sum(latencies))
         assert c["finish_reasons"] == dict(Counter(r["finish_reason"] for r in group))
-        paired = [(r["latency_s"], large_latency[r["id"]]) for r in group if r["id"] in large_latency]
+        paired = [(r["latency_s"], large_latency[r["id"]]) for r in ran if r["id"] in large_latency]
         if paired:
             assert c["latency_vs_large"] == pytest.approx(sum(a for a, _ in paired) / sum(b for _, b in paired))
     assert summary["results"] == len(records)
@@ -530,3 +639,25 @@ def test_sigint_midway_then_resume_gives_one_record_per_problem_and_mode(tmp_pat
     assert sorted((r["id"], r["mode"]) for r in records) == [(0, "large"), (0, "small"), (1, "large"), (1, "small")]
     assert records[: len(finished)] == finished
     assert json.loads((out / SUMMARY_JSON).read_text())["finished"] == 4
+
+
+def test_demo_pair_records_a_problem_too_long_for_its_context_and_goes_on(tmp_path):
+    config = yaml.safe_load(PACKAGED_CONFIG.read_text(encoding="utf-8"))
+    for model in config["models"].values():
+        model.update(n_ctx=512, n_threads=1)
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    data = tmp_path / "data.jsonl"
+    problems = [("short", "What is 2 + 3?", "5"), ("long", "word " * 600 + "What is 1 + 1?", "2"), ("last", "What is 3 + 4?", "7")]
+    data.write_text("".join(json.dumps({"id": i, "problem": p, "answer": a}) + "\n" for i, p, a in problems), encoding="utf-8")
+    out = tmp_path / "out"
+    caps = ("--temperature", "0", "--max-step-tokens", "8", "--thinking-budget", "8")
+    proc = _glimp(str(data), "--modes", "small", *caps, "--config", str(tmp_path / "models.yaml"), "--out", str(out), "--json")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    [condition] = json.loads(stdout)["conditions"]
+    assert (condition["n"], condition["errors"], condition["finish_reasons"].get("error")) == (3, 1, 1)
+    records = {r["id"]: r for r in _records(out)}
+    assert [records[i]["finish_reason"] == "error" for i in ("short", "long", "last")] == [False, True, False]
+    assert records["long"]["error"].startswith("the problem does not fit model 'smollm2-135m': its prompt is ")
+    assert records["long"]["error"].endswith("and n_ctx is 512; raise n_ctx in models.yaml")
+    assert "[2/3] small problem 2/3 id=long failed (the problem does not fit model 'smollm2-135m': " in stderr

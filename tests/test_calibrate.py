@@ -19,7 +19,7 @@ from rich.console import Console
 from conftest import GSM8K, NATALIA
 from cli_helpers import BAD_DATA, BAD_DATA_IDS, assert_bad_data_rejected, one_error_line, run_main, usage_error
 from glimp_cli import calibrate
-from glimp_cli.render_runs import BenchDisplay
+from glimp_cli.render_runs import BenchDisplay, print_report
 from glimp_cli.calibrate import (
     PROBE_KEY,
     choose,
@@ -35,7 +35,7 @@ from glimp_cli.calibrate import (
 )
 from glimp_cli.calibration_file import apply_calibration, calibration_path, save_calibration
 from glimp_cli.config import PACKAGED_CONFIG, load_config
-from glimp_cli.errors import ConfigError, DataError
+from glimp_cli.errors import ConfigError, ContextError, DataError
 from glimp_cli.config import PairSpec, router_settings
 from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
 from glimp_cli.session import FirstToken, Counters, Sampling, StepOutput
@@ -45,7 +45,7 @@ SETTINGS = router_settings(PairSpec("test", "small", "large", threshold=1.0, ans
 FINGERPRINT = {"pair": "fake", "small": {"name": "fake-small"}, "large": {"name": "fake-large"}}
 VOCAB = 64
 # Probe widths of three problems, four steps each: full entropy ln(width), top-20 entropy ln(min(width, 20)).
-WIDTHS = {"problem 0": (2, 30, 5, 64), "problem 1": (1, 8, 40, 3), "problem 2": (16, 2, 25, 4)}
+WIDTHS = {"problem 0": (2, 30, 5, 64), "problem 1": (1, 8, 40, 3), "problem 2": (16, 2, 25, 4), "problem 3": (3, 50, 6, 1)}
 # Entropies recorded by a probe pass of the demo pair on gsm8k 0-2 (full mode, nats).
 RECORDED = [2.318048, 1.128637, 0.012601, 1.016002, 2.976944, 3.014129, 2.168225, 1.272352, 2.431014, 2.650585, 1.246653, 1.903501, 2.345423]
 
@@ -131,6 +131,14 @@ def test_pareto_marks_rows_nothing_beats_on_both_accuracy_and_latency():
     assert pareto_flags(twins) == [True, True, False]
 
 
+
+def test_a_row_whose_problems_all_failed_is_slowest_and_never_chosen():
+    failed = {**_row("glimp@9", 0.0, 1.0), "latency_mean_s": None, "latency_vs_large": None}  # no problem could be run
+    rows = [failed, _row("glimp@1", 0.5, 2.0), _row("large", 0.6, 4.0)]
+    assert pareto_flags(rows) == [False, True, True]
+    assert choose(rows, objective="latency", max_latency=0.8, margin=1.0)[0]["label"] == "glimp@1"
+    assert choose(rows, objective="accuracy", max_latency=0.8, margin=0.0)[0]["label"] == "glimp@1"
+
 def test_accuracy_objective_takes_the_most_accurate_within_the_latency_budget():
     assert choose(TABLE, objective="accuracy", max_latency=0.8, margin=0.0)[0]["label"] == "glimp@1"
     assert choose(TABLE, objective="accuracy", max_latency=0.6, margin=0.0)[0]["label"] == "glimp@2"
@@ -163,10 +171,13 @@ class StepSession:
         self.answers = answers or {}
         self.counters = Counters()
         self.starts: list[str] = []
+        self.too_long: set[str] = set()  # problems whose start() raises ContextError
         self._problem = ""
         self._text = ""
 
     def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
+        if problem in self.too_long:
+            raise ContextError(f"the problem does not fit model '{self.name}'")
         self.starts.append(problem)
         self._problem, self._text, self.counters = problem, "", Counters()
 
@@ -273,6 +284,32 @@ def test_probe_with_too_few_steps_is_a_data_error(tmp_path):
     small, large = _pair()
     plan = make_plan(_data(tmp_path, n=2), settings=SETTINGS)
     with _store(tmp_path) as store, pytest.raises(DataError, match="^only 8 steps collected from 2 problems"):
+        run_calibration(plan, small=small, large=large, store=store)
+
+
+
+def test_a_problem_that_cannot_be_run_is_skipped_by_the_quantile_and_counted(tmp_path):
+    small, large = _pair()
+    small.too_long.add("problem 1")
+    with _store(tmp_path) as store:
+        report = run_calibration(make_plan(_data(tmp_path, n=4), settings=SETTINGS), small=small, large=large, store=store)
+        failed = store.get(("p1", "small", None, None))
+    assert (failed["finish_reason"], failed[PROBE_KEY]) == ("error", {"full": [], "topk": []})
+    probe = report["probe"]
+    assert (probe["problems"], probe["failed"], probe["steps"]) == (3, 1, 12)
+    entropies = [math.log(w) for problem in ("problem 0", "problem 2", "problem 3") for w in WIDTHS[problem]]
+    assert report["threshold"] == threshold_for_rate(entropies, 0.25).threshold
+    out = io.StringIO()
+    print_report(Console(file=out, width=300), report)
+    assert out.getvalue().startswith('probe: 12 steps from 3 problems (and 1 that could not be run, skipped: see "error" in results.jsonl), ')
+
+
+def test_too_few_steps_counts_the_problems_that_could_not_be_run(tmp_path):
+    small, large = _pair()
+    small.too_long.add("problem 1")
+    plan = make_plan(_data(tmp_path, n=3), settings=SETTINGS)
+    message = r'^only 8 steps collected from 2 problems \(1 more could not be run: see "error" in results.jsonl\): '
+    with _store(tmp_path) as store, pytest.raises(DataError, match=message):
         run_calibration(plan, small=small, large=large, store=store)
 
 
