@@ -52,7 +52,7 @@ def test_ask_json_prints_one_event_per_line_and_a_summary_last():
     assert types[-2] == "answer"
     assert types[0] == "probe" and "step" in types
     probe = records[0]
-    assert set(probe) == {"type", "step", "entropy", "token_text", "model", "threshold"}
+    assert set(probe) == {"type", "step", "entropy", "entropy_full", "entropy_topk", "token_text", "model", "threshold"}
     assert probe["model"] in ("small", "large") and probe["threshold"] == 2.5
     step = next(r for r in records if r["type"] == "step")
     assert set(step) >= {"index", "model", "text", "tokens", "entropy", "seconds"}
