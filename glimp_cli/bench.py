@@ -393,7 +393,9 @@ def failed_problems(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     failed: dict[tuple, dict[str, Any]] = {}
     for record in records:
         if record["finish_reason"] == ERROR:
-            entry = failed.setdefault((record["id"], record["error"]), {"id": record["id"], "line": record.get("line"), "error": record["error"], "conditions": []})
+            entry = failed.setdefault(
+                (record["id"], record["error"]), {"id": record["id"], "line": record.get("line"), "error": record["error"], "conditions": []}
+            )
             entry["conditions"].append(Condition(record["mode"], record.get("threshold"), record.get("rate")).label)
     return list(failed.values())
 

@@ -89,7 +89,8 @@ class BenchDisplay:
         if record["finish_reason"] == ERROR:
             verdict = f"failed ({record['error']})"
         else:
-            verdict = f"{'correct' if record['correct'] else 'wrong'} (predicted {record['predicted']!r}, gold {record['gold']!r}) {record['latency_s']:.2f} s"
+            verdict = "correct" if record["correct"] else "wrong"
+            verdict += f" (predicted {record['predicted']!r}, gold {record['gold']!r}) {record['latency_s']:.2f} s"
         self.console.print(
             f"[{progress.done}/{progress.total}] {progress.condition.label} problem {progress.position}/{progress.problems} "
             f"id={record['id']} {verdict} · acc {progress.accuracy:.1%} ({progress.correct}/{progress.scored})",
