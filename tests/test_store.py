@@ -12,7 +12,16 @@ import pytest
 
 from cli_helpers import one_error_line, run_main
 from glimp_cli.errors import ConfigError, DataError, WriteError
-from glimp_cli.store import LOCK_FILE, RESULTS_FILE, RUN_FILE, SUMMARY_JSON, SUMMARY_MD, fingerprint_diff, open_store, result_key
+from glimp_cli.store import (
+    LOCK_FILE,
+    RESULTS_FILE,
+    RUN_FILE,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    fingerprint_diff,
+    open_store,
+    result_key,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,7 +179,8 @@ def test_a_second_run_on_an_open_directory_is_refused(tmp_path):
             with pytest.raises(DataError) as caught:
                 open_store(tmp_path, fingerprint=FINGERPRINT, **options)
             assert str(caught.value) == _in_use_message(tmp_path)
-        assert [json.loads(line)["id"] for line in (tmp_path / RESULTS_FILE).read_text().splitlines()] == [1]  # --force deleted nothing
+        kept = [json.loads(line)["id"] for line in (tmp_path / RESULTS_FILE).read_text().splitlines()]
+        assert kept == [1]  # the refused --force deleted nothing
     with open_store(tmp_path, fingerprint=FINGERPRINT, resume=True) as store:  # free once closed
         assert [r["id"] for r in store.records] == [1]
 
@@ -194,7 +204,8 @@ def test_force_while_open_deletes_results_but_keeps_the_lock(tmp_path):
 HOLDER = """
 import sys, time
 from glimp_cli.store import open_store
-store = open_store(sys.argv[1], fingerprint={"pair": "demo", "sampling": {"temperature": 0.0, "seed": 0}, "router": {"end_markers": ("</think>",)}})
+fingerprint = {"pair": "demo", "sampling": {"temperature": 0.0, "seed": 0}, "router": {"end_markers": ("</think>",)}}
+store = open_store(sys.argv[1], fingerprint=fingerprint)
 store.append({"id": 1, "mode": "glimp", "threshold": 1.0, "rate": None, "correct": True})
 print("locked", flush=True)
 time.sleep(60)
@@ -204,7 +215,8 @@ time.sleep(60)
 def _holding_process(directory: Path) -> subprocess.Popen:
     """Another process with `directory` open as a store (one record written), waiting to be killed."""
     process = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(directory)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+        [sys.executable, "-c", HOLDER, str(directory)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert process.stdout.readline() == "locked\n"
     return process
@@ -244,11 +256,15 @@ def test_duplicate_results_are_dropped_on_open_keeping_the_first(tmp_path):
     with results.open("a") as handle:  # a second run wrote the same results (before runs were locked)
         handle.write(json.dumps(_record(1, correct=False)) + "\n" + json.dumps(_record(2, correct=False)) + "\n")
     with open_store(tmp_path, fingerprint=FINGERPRINT, resume=True) as store:
-        assert [(r["id"], r["mode"], r["correct"]) for r in store.records] == [(1, "glimp", True), (2, "glimp", True), (1, "small", True)]
+        kept = [(r["id"], r["mode"], r["correct"]) for r in store.records]
+        assert kept == [(1, "glimp", True), (2, "glimp", True), (1, "small", True)]
         assert store.get((1, "glimp", 1.0, None))["correct"] is True
-        assert store.notes == (f"{results}: dropped 2 duplicate results (the first record of each problem and mode is kept)",)
-    assert [json.loads(line) for line in results.read_text().splitlines()] == [_record(1), _record(2), _record(1, mode="small")]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, RESULTS_FILE, RUN_FILE]  # rewritten whole, no temporary file
+        assert store.notes == (
+            f"{results}: dropped 2 duplicate results (the first record of each problem and mode is kept)",
+        )
+    rewritten = [json.loads(line) for line in results.read_text().splitlines()]
+    assert rewritten == [_record(1), _record(2), _record(1, mode="small")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, RESULTS_FILE, RUN_FILE]  # no temporary file
     with open_store(tmp_path, fingerprint=FINGERPRINT, resume=True) as store:
         assert store.notes == ()
 
@@ -351,7 +367,8 @@ def test_a_full_disk_during_bench_is_one_line_exit_1_and_keeps_the_results_so_fa
     from test_bench import _pair
 
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"problem {i}", "answer": str(10 + i)}) + "\n" for i in range(2)))
+    problems = ({"id": f"p{i}", "problem": f"problem {i}", "answer": str(10 + i)} for i in range(2))
+    data.write_text("".join(json.dumps(problem) + "\n" for problem in problems))
     monkeypatch.setattr(cli, "open_pair", lambda small, large: _pair(2))
     real_fsync, synced = os.fsync, []
 
