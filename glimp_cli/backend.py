@@ -9,9 +9,12 @@ from llama_cpp import Llama
 from llama_cpp._internals import LlamaBatch, LlamaSampler
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+import contextlib
 import ctypes
 import os
-from collections.abc import Generator, Sequence
+import signal
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,29 +49,75 @@ _LOG_CALLBACK = None  # keep a reference: llama.cpp calls it from C
 def _silence_llama_logs() -> None:
     global _LOG_CALLBACK
     if _LOG_CALLBACK is None:
-        _LOG_CALLBACK = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        # `slice` is a C builtin that takes three arguments and does nothing with them: no Python bytecode runs
+        # when llama.cpp logs, so a Ctrl-C arriving inside llama.cpp stays pending until llama.cpp returns.
+        # A Python callback would receive the KeyboardInterrupt, which ctypes prints and drops.
+        _LOG_CALLBACK = llama_cpp.llama_log_callback(slice)
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
 
 def load_llama(spec: ModelSpec, path: Path):
-    """Load a GGUF file into a llama.cpp model + context."""
+    """Load a GGUF file into a llama.cpp model + context; Ctrl-C aborts the load and raises KeyboardInterrupt."""
     _silence_llama_logs()
     threads = spec.n_threads or default_threads()
+    with _ctrl_c_aborts_load() as interrupted, _load_progress(lambda progress, user_data: not interrupted()):
+        try:
+            return Llama(
+                model_path=str(path),
+                n_ctx=spec.n_ctx,
+                n_batch=spec.n_batch,
+                n_ubatch=spec.n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=spec.n_gpu_layers,
+                flash_attn=spec.flash_attn,
+                logits_all=False,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            if interrupted():
+                raise KeyboardInterrupt from None  # the load was aborted for it
+            raise ModelFileError(f"model '{spec.name}': llama.cpp cannot load {path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _ctrl_c_aborts_load() -> Iterator[Callable[[], bool]]:
+    """While llama.cpp loads, Ctrl-C is noted, not raised: it would be raised inside a llama.cpp callback,
+    where ctypes drops it. Yields whether Ctrl-C was pressed; raises KeyboardInterrupt after the load if so."""
+    pressed: list[int] = []
+    previous = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
-        return Llama(
-            model_path=str(path),
-            n_ctx=spec.n_ctx,
-            n_batch=spec.n_batch,
-            n_ubatch=spec.n_batch,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=spec.n_gpu_layers,
-            flash_attn=spec.flash_attn,
-            logits_all=False,
-            verbose=False,
-        )
-    except (ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"model '{spec.name}': llama.cpp cannot load {path}: {exc}") from exc
+        yield lambda: bool(pressed)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if pressed:  # pressed after the load's last progress report: the model is loaded, and dropped
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _load_progress(keep_loading: Callable[[float, object], bool]) -> Iterator[None]:
+    """Give the next Llama() a model-load progress callback (returning False aborts the load).
+
+    llama-cpp-python's Llama has no option for it: it takes its model params from llama_model_default_params(),
+    which is wrapped here for the duration of the load.
+    """
+    callback = llama_cpp.llama_progress_callback(keep_loading)  # referenced until the load is over
+    default_params = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params_with_progress():
+        params = default_params()
+        params.progress_callback = callback
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = params_with_progress
+    try:
+        yield
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = default_params
 
 
 class LlamaSession:

@@ -20,7 +20,7 @@ from typing import Any
 from glimp_cli.checker import extract_answer, is_equivalent
 from glimp_cli.config import ModelSpec, PairSpec
 from glimp_cli.dataset import Problem, file_sha256, load_problems
-from glimp_cli.errors import ConfigError, ProblemError, did_you_mean, lone_surrogate
+from glimp_cli.errors import ConfigError, ProblemError, WriteError, did_you_mean, lone_surrogate
 from glimp_cli.policy import MODES, make_policy
 from glimp_cli.router import RouterSettings, run
 from glimp_cli.session import Session
@@ -196,15 +196,23 @@ def run_bench(
     overhead = Overhead()
     done = 0
     is_equivalent("0", "1")  # imports math_verify now: a one-time cost, not the first problem's overhead
+    failed = False
     try:
         for condition in plan.fixed_conditions():
             done = run_condition(plan, condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
         if "random" in plan.modes:
             random_condition = _random_condition(plan, store)
             run_condition(plan, random_condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
+    except BaseException:
+        failed = True
+        raise
     finally:
         summary = summarize(store.records, run=store.fingerprint, planned=_completion(plan, store), overhead=overhead.record())
-        store.write_summary(summary, summary_markdown(summary))
+        try:
+            store.write_summary(summary, summary_markdown(summary))
+        except WriteError:
+            if not failed:  # else the error (or Ctrl-C) that stopped the run is the one to report
+                raise
     return summary
 
 

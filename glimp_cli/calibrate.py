@@ -274,7 +274,7 @@ def probe_report(plan: CalibrationPlan, records: list[dict[str, Any]]) -> dict[s
     modes = {}
     for mode in ENTROPY_MODES:
         entropies = probe_entropies(records, mode)
-        at_rate = threshold_for_rate(entropies, plan.target_rate) if quantile else None
+        at_rate = threshold_for_rate(entropies, plan.target_rate) if quantile and entropies else None
         modes[mode] = {
             "distribution": distribution(entropies) if entropies else None,
             "threshold": at_rate.record() if at_rate else None,

@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 from glimp_cli.config import PACKAGED_CONFIG, PAIR_CHECKS, Config, key_lines
-from glimp_cli.errors import ConfigError
+from glimp_cli.errors import ConfigError, WriteError
+from glimp_cli.files import write_atomic
 
 CALIBRATION_FILENAME = "glimp-calibration.yaml"
 CALIBRATION_HEADER = (
@@ -100,8 +101,9 @@ def save_calibration(report: dict[str, Any], path: Path) -> Path:
     if report["sweep"] is not None:
         entry["objective"] = report["sweep"]["rule"]
     entries[report["pair"]] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(CALIBRATION_HEADER + yaml.safe_dump({"pairs": entries}, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)  # whole file or nothing
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: cannot create {path.parent}: {exc.strerror}") from None
+    write_atomic(path, CALIBRATION_HEADER + yaml.safe_dump({"pairs": entries}, sort_keys=False, allow_unicode=True))
     return path.absolute()

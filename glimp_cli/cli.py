@@ -30,7 +30,7 @@ from glimp_cli.config import (
     override_pair,
     router_settings,
 )
-from glimp_cli.errors import ConfigError, GlimpError, RunError, did_you_mean, lone_surrogate
+from glimp_cli.errors import ConfigError, GlimpError, RunError, WriteError, did_you_mean, lone_surrogate
 from glimp_cli.policy import MODES, make_policy
 from glimp_cli.render import json_text
 from glimp_cli.router import RouterSettings
@@ -429,12 +429,18 @@ def calibrate(
         report = calibration.run_calibration(
             plan, small=small_session, large=large_session, store=store, display=lambda: BenchDisplay(err, out=out)
         )
+    save_error = None
     if save and report["threshold"] is not None:
-        report["saved"] = str(save_calibration(report, calibration_path(cfg.path)))
+        try:
+            report["saved"] = str(save_calibration(report, calibration_path(cfg.path)))
+        except WriteError as exc:  # the threshold is still printed, then the error
+            save_error = exc
     if json_output:
         print(json_text(report, indent=2))
     else:
         print_report(Console(highlight=False), report)
+    if save_error is not None:
+        raise save_error
     if save and report["saved"] is None:
         raise RunError(f"nothing saved: {report['sweep']['reason']}; relax --max-latency or --margin, or try other thresholds")
 

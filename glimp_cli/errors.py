@@ -38,6 +38,10 @@ class RunError(GlimpError):
     exit_code = 1
 
 
+class WriteError(RunError):
+    """A file could not be written (full disk, read-only or missing directory); names the path and the cause."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

@@ -73,7 +73,8 @@ def route(
                 finish_reason = "context"
                 break
             first = small.probe(top_k=settings.top_k)
-        entropy = first.entropies[settings.entropy_mode] if first is not None else None
+        entropies = first.entropies if first is not None else {}  # nats, by mode
+        entropy = entropies.get(settings.entropy_mode)
         choice = policy.choose(entropy, settings.threshold, rng)
 
         writer = sessions[choice]
@@ -84,7 +85,6 @@ def route(
             finish_reason = "context"
             break
         # Yielded only once the step will be written: no Probe for a step cut off before it starts.
-        entropies = first.entropies if first is not None else {}
         if first is not None:
             yield Probe(
                 step=index,
@@ -95,10 +95,9 @@ def route(
                 model=choice,
                 threshold=settings.threshold,
             )
+        first_token = first.token if first is not None and choice == "small" else None  # kept only by its own session
         out = yield from _stream(
-            writer.generate_step(first_token=first.token if first is not None and choice == "small" else None, stops=stops, max_tokens=max_tokens),
-            step=index,
-            model=choice,
+            writer.generate_step(first_token=first_token, stops=stops, max_tokens=max_tokens), step=index, model=choice
         )
         thinking_tokens += out.tokens
         transcript += out.text

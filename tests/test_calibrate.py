@@ -639,3 +639,27 @@ def test_demo_sweep_reproduces_what_the_probe_predicts(demo):
         assert record["entropies"][: first_large + 1] == probe_record["entropies"][: first_large + 1]
     assert rows[f"glimp@{at_rate.threshold:g}"]["probe_share"] == at_rate.share
     assert rows[f"glimp@{above_all:g}"]["large_step_share"] == 0.0
+
+
+def test_a_save_that_cannot_be_written_still_prints_the_threshold_then_one_error(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from glimp_cli import calibration_file, cli
+    from glimp_cli.files import write_error
+
+    def full_disk(path, text):
+        raise write_error(Path(path), OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    monkeypatch.setattr(cli, "open_pair", lambda small, large: _pair())
+    monkeypatch.setattr(calibration_file, "write_atomic", full_disk)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(sys, "argv", ["glimp", "calibrate", str(_data(tmp_path)), "--out", str(tmp_path / "out"), "--json", "--save"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exited.value.code == 1
+    assert json.loads(out)["threshold"] is not None and json.loads(out)["saved"] is None
+    path = tmp_path / "xdg" / "glimp" / "glimp-calibration.yaml"
+    assert err.splitlines()[-1] == f"glimp: error: cannot write {path}: No space left on device"
+    assert err.count("glimp: error:") == 1 and "Traceback" not in err
+    assert not path.exists()
