@@ -165,7 +165,9 @@ class LlamaSession:
         if spec.prompt is not None:
             prompt = spec.prompt.replace("{problem}", problem)
         else:
-            messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + [{"role": "user", "content": problem}]
+            messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + [
+                {"role": "user", "content": problem}
+            ]
             prompt = self._chat_formatter()(messages=messages).prompt
         if spec.think_prefix and not prompt.endswith(spec.think_prefix):
             prompt += spec.think_prefix
@@ -176,7 +178,9 @@ class LlamaSession:
         if self._formatter is None:
             template = self._llm.metadata.get("tokenizer.chat_template")
             if not template:
-                raise ConfigError(f"model '{self.spec.name}' has no chat template in its GGUF file: set 'prompt' for it in models.yaml")
+                raise ConfigError(
+                    f"model '{self.spec.name}' has no chat template in its GGUF file: set 'prompt' for it in models.yaml"
+                )
             self._formatter = Jinja2ChatFormatter(
                 template=template,
                 eos_token=self._piece(self._llm.token_eos(), special=True),
@@ -345,7 +349,11 @@ class LlamaStep:
 
     def __init__(self, session: LlamaSession) -> None:
         self.session = session
-        self._tokens_before, self._text_before, self._own_before = len(session._tokens), session._text, session._own_pending
+        self._tokens_before, self._text_before, self._own_before = (
+            len(session._tokens),
+            session._text,
+            session._own_pending,
+        )
 
     def keep_text(self, text: bytes) -> None:
         """Text cut from a token at a stop string: re-tokenized, and evaluated when next needed."""

@@ -122,7 +122,9 @@ def make_plan(
     """
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown:
-        raise ConfigError(f"unknown mode '{unknown[0]}'{did_you_mean(unknown[0], MODES)}; choose from {', '.join(MODES)}")
+        raise ConfigError(
+            f"unknown mode '{unknown[0]}'{did_you_mean(unknown[0], MODES)}; choose from {', '.join(MODES)}"
+        )
     mode_names = tuple(dict.fromkeys(modes))
     threshold_values = tuple(dict.fromkeys(thresholds)) if thresholds else (settings.threshold,)
     rate_value = rate
@@ -160,7 +162,13 @@ def fingerprint(plan: BenchPlan, *, pair: PairSpec, small: ModelSpec, large: Mod
 
 
 def _model_fingerprint(spec: ModelSpec) -> dict[str, Any]:
-    return {"name": spec.name, "source": spec.source, "prompt": spec.prompt, "system": spec.system, "think_prefix": spec.think_prefix}
+    return {
+        "name": spec.name,
+        "source": spec.source,
+        "prompt": spec.prompt,
+        "system": spec.system,
+        "think_prefix": spec.think_prefix,
+    }
 
 
 # -- running -------------------------------------------------------------------
@@ -199,15 +207,35 @@ def run_bench(
     failed = False
     try:
         for condition in plan.fixed_conditions():
-            done = run_condition(plan, condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
+            done = run_condition(
+                plan,
+                condition,
+                done=done,
+                small=small,
+                large=large,
+                store=store,
+                on_progress=on_progress,
+                overhead=overhead,
+            )
         if "random" in plan.modes:
             random_condition = _random_condition(plan, store)
-            run_condition(plan, random_condition, done=done, small=small, large=large, store=store, on_progress=on_progress, overhead=overhead)
+            run_condition(
+                plan,
+                random_condition,
+                done=done,
+                small=small,
+                large=large,
+                store=store,
+                on_progress=on_progress,
+                overhead=overhead,
+            )
     except BaseException:
         failed = True
         raise
     finally:
-        summary = summarize(store.records, run=store.fingerprint, planned=_completion(plan, store), overhead=overhead.record())
+        summary = summarize(
+            store.records, run=store.fingerprint, planned=_completion(plan, store), overhead=overhead.record()
+        )
         try:
             store.write_summary(summary, summary_markdown(summary))
         except WriteError:
@@ -234,7 +262,11 @@ def run_condition(
 
     def notify(status: str, position: int, record: dict[str, Any] | None) -> None:
         if on_progress is not None:
-            on_progress(BenchProgress(status, done, plan.total, condition, position, len(plan.problems), scored, correct, record))
+            on_progress(
+                BenchProgress(
+                    status, done, plan.total, condition, position, len(plan.problems), scored, correct, record
+                )
+            )
 
     for position, problem in enumerate(plan.problems, start=1):
         record = store.get(condition.key(problem.id))
@@ -252,7 +284,9 @@ def run_condition(
     return done
 
 
-def solve(problem: Problem, condition: Condition, *, small: Session, large: Session, settings: RouterSettings) -> dict[str, Any]:
+def solve(
+    problem: Problem, condition: Condition, *, small: Session, large: Session, settings: RouterSettings
+) -> dict[str, Any]:
     """Route one problem under one condition and check its answer; returns its results.jsonl record.
 
     A problem that cannot be run (a ProblemError: too long for a model's context, text that cannot be
@@ -273,7 +307,14 @@ def solve(problem: Problem, condition: Condition, *, small: Session, large: Sess
             raise ProblemError(f"the problem text holds a lone surrogate, {surrogate}, which is not text")
         summary = run(problem.text, small=small, large=large, settings=settings, policy=policy)
     except ProblemError as exc:
-        return failed_record(problem, condition, error=str(exc), seed=seed, latency_s=time.perf_counter() - started, probed=policy.needs_probe)
+        return failed_record(
+            problem,
+            condition,
+            error=str(exc),
+            seed=seed,
+            latency_s=time.perf_counter() - started,
+            probed=policy.needs_probe,
+        )
     thinking = "".join(step.text for step in summary.steps)
     predicted = extract_answer(summary.answer) or extract_answer(thinking + summary.answer)
     record = {
@@ -291,7 +332,9 @@ def solve(problem: Problem, condition: Condition, *, small: Session, large: Sess
         "large_steps": sum(1 for s in summary.steps if s.model == "large"),
         "tokens": {"small": summary.small.tokens, "large": summary.large.tokens},
         "prefill_tokens": {"small": summary.small.prefill_tokens, "large": summary.large.prefill_tokens},
-        "entropies": [None if s.entropy is None else round(s.entropy, 6) + 0.0 for s in summary.steps],  # nats; + 0.0: no -0.0
+        "entropies": [
+            None if s.entropy is None else round(s.entropy, 6) + 0.0 for s in summary.steps
+        ],  # nats; + 0.0: no -0.0
         "finish_reason": summary.finish_reason,
         "seed": seed,
     }
@@ -303,7 +346,9 @@ def solve(problem: Problem, condition: Condition, *, small: Session, large: Sess
     return record
 
 
-def failed_record(problem: Problem, condition: Condition, *, error: str, seed: int, latency_s: float, probed: bool) -> dict[str, Any]:
+def failed_record(
+    problem: Problem, condition: Condition, *, error: str, seed: int, latency_s: float, probed: bool
+) -> dict[str, Any]:
     """The results.jsonl record of a problem that could not be run: wrong, no steps, the reason in `error`."""
     record = {
         "id": problem.id,
@@ -372,7 +417,11 @@ def _completion(plan: BenchPlan, store: ResultStore) -> dict[str, int]:
 
 
 def summarize(
-    records: list[dict[str, Any]], *, run: dict[str, Any], planned: dict[str, int] | None = None, overhead: dict[str, Any] | None = None
+    records: list[dict[str, Any]],
+    *,
+    run: dict[str, Any],
+    planned: dict[str, int] | None = None,
+    overhead: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per-condition accuracy, latency and large-model share over every record in results.jsonl,
     in the order glimp (by threshold), small, large, random."""
@@ -402,13 +451,16 @@ def failed_problems(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for record in records:
         if record["finish_reason"] == ERROR:
             entry = failed.setdefault(
-                (record["id"], record["error"]), {"id": record["id"], "line": record.get("line"), "error": record["error"], "conditions": []}
+                (record["id"], record["error"]),
+                {"id": record["id"], "line": record.get("line"), "error": record["error"], "conditions": []},
             )
             entry["conditions"].append(Condition(record["mode"], record.get("threshold"), record.get("rate")).label)
     return list(failed.values())
 
 
-def _condition_summary(condition: Condition, records: list[dict[str, Any]], large_latency: dict[Any, float]) -> dict[str, Any]:
+def _condition_summary(
+    condition: Condition, records: list[dict[str, Any]], large_latency: dict[Any, float]
+) -> dict[str, Any]:
     """Accuracy over every record (a failed problem counts as wrong); latency, steps and tokens over the
     problems that ran (None when none did)."""
     n = len(records)
@@ -446,26 +498,40 @@ def _condition_summary(condition: Condition, records: list[dict[str, Any]], larg
     }
 
 
-SUMMARY_COLUMNS = ("mode", "n", "accuracy", "± se", "mean s", "median s", "vs large", "large steps", "large tokens", "tokens/s", "finish")
+SUMMARY_COLUMNS = (
+    "mode",
+    "n",
+    "accuracy",
+    "± se",
+    "mean s",
+    "median s",
+    "vs large",
+    "large steps",
+    "large tokens",
+    "tokens/s",
+    "finish",
+)
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     """The summary table as strings, one row per condition (for summary.md and the terminal)."""
     rows = []
     for c in summary["conditions"]:
-        rows.append((
-            c["label"],
-            str(c["n"]),
-            f"{c['accuracy']:.1%}",
-            f"{c['accuracy_se']:.1%}",
-            f"{c['latency_mean_s']:.2f}" if c["latency_mean_s"] is not None else "-",
-            f"{c['latency_median_s']:.2f}" if c["latency_median_s"] is not None else "-",
-            f"{c['latency_vs_large']:.2f}×" if c["latency_vs_large"] is not None else "-",
-            f"{c['large_step_share']:.1%}",
-            f"{c['large_token_share']:.1%}",
-            f"{c['tokens_per_s']:.1f}",
-            ", ".join(f"{reason} {count}" for reason, count in c["finish_reasons"].items()),
-        ))
+        rows.append(
+            (
+                c["label"],
+                str(c["n"]),
+                f"{c['accuracy']:.1%}",
+                f"{c['accuracy_se']:.1%}",
+                f"{c['latency_mean_s']:.2f}" if c["latency_mean_s"] is not None else "-",
+                f"{c['latency_median_s']:.2f}" if c["latency_median_s"] is not None else "-",
+                f"{c['latency_vs_large']:.2f}×" if c["latency_vs_large"] is not None else "-",
+                f"{c['large_step_share']:.1%}",
+                f"{c['large_token_share']:.1%}",
+                f"{c['tokens_per_s']:.1f}",
+                ", ".join(f"{reason} {count}" for reason, count in c["finish_reasons"].items()),
+            )
+        )
     return rows
 
 
@@ -480,7 +546,9 @@ def summary_caption(summary: dict[str, Any]) -> str:
         parts[-1] += f" ({summary['finished']} of {summary['planned']} planned finished)"
     overhead = summary.get("overhead") or {}
     if overhead.get("share") is not None:
-        parts.append(f"outside generation {overhead['median_s'] * 1000:.1f} ms/problem median ({overhead['share']:.2%} of wall time)")
+        parts.append(
+            f"outside generation {overhead['median_s'] * 1000:.1f} ms/problem median ({overhead['share']:.2%} of wall time)"
+        )
     return " · ".join(parts)
 
 
@@ -488,12 +556,13 @@ def failed_lines(summary: dict[str, Any]) -> list[str]:
     """One line per problem that could not be run (the first MAX_ERRORS_SHOWN), for under the table."""
     failed = summary.get("failed") or []
     lines = [
-        f"failed: id {entry['id']!r}" + (f" (line {entry['line']})" if entry.get("line") else "")
+        f"failed: id {entry['id']!r}"
+        + (f" (line {entry['line']})" if entry.get("line") else "")
         + f" in {', '.join(entry['conditions'])}: {entry['error']}"
         for entry in failed[:MAX_ERRORS_SHOWN]
     ]
     if len(failed) > MAX_ERRORS_SHOWN:
-        lines.append(f"... and {len(failed) - MAX_ERRORS_SHOWN} more failed problems: see \"error\" in results.jsonl")
+        lines.append(f'... and {len(failed) - MAX_ERRORS_SHOWN} more failed problems: see "error" in results.jsonl')
     return lines
 
 
@@ -504,7 +573,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         summary_caption(summary),
         "",
         "| " + " | ".join(SUMMARY_COLUMNS) + " |",
-        "|" + "|".join("---" if i in (0, len(SUMMARY_COLUMNS) - 1) else "---:" for i in range(len(SUMMARY_COLUMNS))) + "|",
+        "|"
+        + "|".join("---" if i in (0, len(SUMMARY_COLUMNS) - 1) else "---:" for i in range(len(SUMMARY_COLUMNS)))
+        + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(summary)]
     failed = failed_lines(summary)

@@ -125,7 +125,7 @@ def check_enough_steps(steps: int, rates: Iterable[float], *, problems: int, fai
     needed = max(steps_needed(rate) for rate in rates)
     if steps < needed:
         shown = ", ".join(f"{rate:g}" for rate in rates)
-        failures = f" ({failed} more could not be run: see \"error\" in results.jsonl)" if failed else ""
+        failures = f' ({failed} more could not be run: see "error" in results.jsonl)' if failed else ""
         raise DataError(
             f"only {steps} steps collected from {problems} problem{'s' if problems != 1 else ''}{failures}: a threshold for a large-step share of {shown} "
             f"needs at least {needed}; raise --limit (with --resume the problems already run are kept)"
@@ -181,15 +181,29 @@ def make_plan(
     if not sweep and (thresholds is not None or rates is not None):
         raise ConfigError("--thresholds and --rates give the candidates of a sweep: add --sweep")
     if sweep and not (threshold_values or rate_values):
-        raise ConfigError("--sweep has no thresholds to try: pass --thresholds (nats, e.g. 0.5,1,1.5) or --rates (large-step shares, e.g. 0.1,0.2,0.3)")
+        raise ConfigError(
+            "--sweep has no thresholds to try: pass --thresholds (nats, e.g. 0.5,1,1.5) or --rates (large-step shares, e.g. 0.1,0.2,0.3)"
+        )
     if objective not in OBJECTIVES:
-        raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'{did_you_mean(objective, OBJECTIVES)}")
+        raise ConfigError(
+            f"--objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'{did_you_mean(objective, OBJECTIVES)}"
+        )
     if not max_latency > 0:
-        raise ConfigError(f"--max-latency must be above 0 (a multiple of the large model's latency), got {max_latency:g}")
+        raise ConfigError(
+            f"--max-latency must be above 0 (a multiple of the large model's latency), got {max_latency:g}"
+        )
     if not 0 <= margin <= 1:
         raise ConfigError(f"--margin is an accuracy difference between 0 and 1, got {margin:g}")
     max_latency_value, margin_value = max_latency, margin
-    plan = make_bench_plan(data, settings=settings, modes=("small",), problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit)
+    plan = make_bench_plan(
+        data,
+        settings=settings,
+        modes=("small",),
+        problem_key=problem_key,
+        answer_key=answer_key,
+        offset=offset,
+        limit=limit,
+    )
     return CalibrationPlan(
         bench=plan,
         target_rate=target,
@@ -230,14 +244,18 @@ def run_probe(
     for problem in plan.problems:
         record = store.get(PROBE.key(problem.id))
         if record is not None and PROBE_KEY not in record:
-            raise DataError(f"{store.results_path}: the small result of problem {problem.id!r} has no probe entropies: pass --force to start over")
+            raise DataError(
+                f"{store.results_path}: the small result of problem {problem.id!r} has no probe entropies: pass --force to start over"
+            )
     run_condition(plan, PROBE, small=small, large=large, store=store, on_progress=on_progress)
     return [store.get(PROBE.key(problem.id)) for problem in plan.problems]
 
 
 def probe_entropies(records: Iterable[dict[str, Any]], mode: str) -> list[float]:
     """Every step's initial-token entropy (nats) in one mode, pooled over problems in order."""
-    return [e for record in records for e in record[PROBE_KEY][mode] if e is not None]  # None: not measured by this engine
+    return [
+        e for record in records for e in record[PROBE_KEY][mode] if e is not None
+    ]  # None: not measured by this engine
 
 
 def distribution(entropies: Sequence[float]) -> dict[str, float]:
@@ -253,7 +271,10 @@ def histogram(entropies: Sequence[float], *, threshold: float | None = None) -> 
     """Equal-width bins from 0 nats (of a round width); each counts its steps and those above the threshold."""
     top = max(entropies)
     width = next((w for w in HISTOGRAM_WIDTHS if top / w < MAX_HISTOGRAM_BINS), HISTOGRAM_WIDTHS[-1])
-    bins = [{"low": round(i * width, 6), "high": round((i + 1) * width, 6), "steps": 0, "large_steps": 0} for i in range(int(top // width) + 1)]
+    bins = [
+        {"low": round(i * width, 6), "high": round((i + 1) * width, 6), "steps": 0, "large_steps": 0}
+        for i in range(int(top // width) + 1)
+    ]
     for entropy in entropies:
         row = bins[min(int(entropy // width), len(bins) - 1)]
         row["steps"] += 1
@@ -280,7 +301,13 @@ def probe_report(plan: CalibrationPlan, records: list[dict[str, Any]]) -> dict[s
             "threshold": at_rate.record() if at_rate else None,
             "histogram": histogram(entropies, threshold=at_rate.threshold if at_rate else None) if entropies else [],
         }
-    return {"problems": len(records) - failed, "failed": failed, "steps": steps, "target_rate": plan.target_rate, "modes": modes}
+    return {
+        "problems": len(records) - failed,
+        "failed": failed,
+        "steps": steps,
+        "target_rate": plan.target_rate,
+        "modes": modes,
+    }
 
 
 # -- the sweep pass -------------------------------------------------------------------
@@ -320,7 +347,9 @@ def run_sweep(
     return rows
 
 
-def _sweep_row(condition: dict[str, Any], candidates: dict[float, float | None], entropies: list[float]) -> dict[str, Any]:
+def _sweep_row(
+    condition: dict[str, Any], candidates: dict[float, float | None], entropies: list[float]
+) -> dict[str, Any]:
     threshold = condition["threshold"]
     glimp = condition["mode"] == "glimp"
     return {
@@ -330,7 +359,19 @@ def _sweep_row(condition: dict[str, Any], candidates: dict[float, float | None],
         "target_rate": candidates.get(threshold) if glimp else None,
         # the share the probe's entropies predict; the routed run's own share is large_step_share
         "probe_share": large_steps_at(entropies, threshold) / len(entropies) if glimp and entropies else None,
-        **{key: condition[key] for key in ("n", "correct", "errors", "accuracy", "accuracy_se", "latency_mean_s", "latency_vs_large", "large_step_share")},
+        **{
+            key: condition[key]
+            for key in (
+                "n",
+                "correct",
+                "errors",
+                "accuracy",
+                "accuracy_se",
+                "latency_mean_s",
+                "latency_vs_large",
+                "large_step_share",
+            )
+        },
         "pareto": False,
         "chosen": False,
     }
@@ -352,7 +393,9 @@ def latency(row: dict[str, Any]) -> float:
     return row["latency_mean_s"] if row["latency_mean_s"] is not None else math.inf
 
 
-def choose(rows: Sequence[dict[str, Any]], *, objective: str, max_latency: float, margin: float) -> tuple[dict[str, Any] | None, str, str]:
+def choose(
+    rows: Sequence[dict[str, Any]], *, objective: str, max_latency: float, margin: float
+) -> tuple[dict[str, Any] | None, str, str]:
     """The glimp row the objective picks (None if none qualifies), the rule in words, and the outcome.
 
     accuracy: the most accurate within max_latency x large's mean latency (then the fastest).
@@ -362,13 +405,17 @@ def choose(rows: Sequence[dict[str, Any]], *, objective: str, max_latency: float
     large = next(row for row in rows if row["mode"] == "large")
     if objective == "accuracy":
         rule = f"most accurate at latency <= {max_latency:g}x large"
-        eligible = [row for row in glimp if row["latency_vs_large"] is not None and row["latency_vs_large"] <= max_latency]
+        eligible = [
+            row for row in glimp if row["latency_vs_large"] is not None and row["latency_vs_large"] <= max_latency
+        ]
         key = lambda row: (-row["accuracy"], latency(row))  # noqa: E731
         fastest = min(glimp, key=latency)
         miss = f"the fastest, {fastest['label']}, takes {fastest['latency_vs_large'] or math.nan:.2f}x large"
     else:
         floor = large["accuracy"] - margin
-        rule = f"fastest at accuracy >= {max(floor, 0.0):.1%}" + (f" (large's {large['accuracy']:.1%} - {margin:.1%})" if margin else " (large's)")
+        rule = f"fastest at accuracy >= {max(floor, 0.0):.1%}" + (
+            f" (large's {large['accuracy']:.1%} - {margin:.1%})" if margin else " (large's)"
+        )
         eligible = [row for row in glimp if row["accuracy"] >= floor - 1e-9]
         key = lambda row: (latency(row), -row["accuracy"])  # noqa: E731
         best = max(glimp, key=lambda row: row["accuracy"])
@@ -383,7 +430,14 @@ def sweep_report(plan: CalibrationPlan, rows: list[dict[str, Any]]) -> dict[str,
     chosen, rule, reason = choose(rows, objective=plan.objective, max_latency=plan.max_latency, margin=plan.margin)
     if chosen is not None:
         chosen["chosen"] = True
-    return {"objective": plan.objective, "max_latency": plan.max_latency, "margin": plan.margin, "rule": rule, "reason": reason, "rows": rows}
+    return {
+        "objective": plan.objective,
+        "max_latency": plan.max_latency,
+        "margin": plan.margin,
+        "rule": rule,
+        "reason": reason,
+        "rows": rows,
+    }
 
 
 # -- both passes ------------------------------------------------------------------------
@@ -418,7 +472,9 @@ def run_calibration(
     if plan.sweep:
         candidates = sweep_candidates(plan, records)
         with display() as on_progress:
-            rows = run_sweep(plan, candidates, small=small, large=large, store=store, on_progress=_without_probe_skips(on_progress))
+            rows = run_sweep(
+                plan, candidates, small=small, large=large, store=store, on_progress=_without_probe_skips(on_progress)
+            )
         report["sweep"] = sweep_report(plan, rows)
     report.update(_chosen(report))
     report["saved"] = None
@@ -429,7 +485,9 @@ def _without_probe_skips(on_progress: ProgressCallback | None) -> ProgressCallba
     """The sweep's `small` reference is the probe pass, which has reported those results already."""
     if on_progress is None:
         return None
-    return lambda progress: None if progress.status == "skipped" and progress.condition.mode == "small" else on_progress(progress)
+    return lambda progress: (
+        None if progress.status == "skipped" and progress.condition.mode == "small" else on_progress(progress)
+    )
 
 
 def _chosen(report: dict[str, Any]) -> dict[str, Any]:
@@ -443,4 +501,9 @@ def _chosen(report: dict[str, Any]) -> dict[str, Any]:
             "large_share": row["large_step_share"] if row else None,
         }
     at_rate = report["probe"]["modes"][report["entropy_mode"]]["threshold"]
-    return {"method": "probe", "threshold": at_rate["threshold"], "target_rate": at_rate["rate"], "large_share": at_rate["share"]}
+    return {
+        "method": "probe",
+        "threshold": at_rate["threshold"],
+        "target_rate": at_rate["rate"],
+        "large_share": at_rate["share"],
+    }

@@ -46,7 +46,9 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         raw = yaml.safe_load(text) or {}
         lines = key_lines(yaml.compose(text))
     except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8, or an integer too long for Python
-        raise ConfigError(f"{path}: unreadable calibration file ({str(exc).splitlines()[0]}): fix or delete it") from None
+        raise ConfigError(
+            f"{path}: unreadable calibration file ({str(exc).splitlines()[0]}): fix or delete it"
+        ) from None
     except RecursionError:
         raise ConfigError(f"{path}: unreadable calibration file (nested too deeply): fix or delete it") from None
     entries = raw.get("pairs", {}) if isinstance(raw, dict) else None
@@ -66,7 +68,11 @@ def apply_calibration(config: Config, path: str | os.PathLike[str] | None = None
     entries, lines = _read(path)
     for name, entry in entries.items():
         pair = pairs.get(name)
-        if pair is None or not isinstance(entry, dict) or (entry.get("small"), entry.get("large")) != (pair.small, pair.large):
+        if (
+            pair is None
+            or not isinstance(entry, dict)
+            or (entry.get("small"), entry.get("large")) != (pair.small, pair.large)
+        ):
             continue  # another config's pair, or measured on other models: stale
         threshold, entropy = entry.get("threshold"), entry.get("entropy")
         for key, value in (("threshold", threshold), ("entropy", entropy)):

@@ -53,7 +53,9 @@ app = typer.Typer(
 def number(*, low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):
     """A parser for a finite number within bounds (NaN and infinities refused)."""
     if low is not None and high is not None:
-        allowed = f"a number {'above' if low_open else 'at least'} {low:g} and {'below' if high_open else 'at most'} {high:g}"
+        allowed = (
+            f"a number {'above' if low_open else 'at least'} {low:g} and {'below' if high_open else 'at most'} {high:g}"
+        )
     elif low is not None:
         allowed = f"a number above {low:g}" if low_open else f"a number, {low:g} or more"
     else:
@@ -102,7 +104,9 @@ def mode_list(value: object) -> tuple[str, ...]:
     modes: list[str] = []
     for name in (part.strip() for part in str(value).split(",")):
         if name not in MODES:
-            raise typer.BadParameter(f"unknown mode {name!r}{did_you_mean(name, MODES)}; choose from {', '.join(MODES)}")
+            raise typer.BadParameter(
+                f"unknown mode {name!r}{did_you_mean(name, MODES)}; choose from {', '.join(MODES)}"
+            )
         if name not in modes:
             modes.append(name)
     return Modes(modes)
@@ -123,32 +127,63 @@ OPEN_SHARE = number(low=0.0, high=1.0, low_open=True, high_open=True)  # a large
 
 # -- options shared by several commands, declared once ----------------------------------------------
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="models.yaml to use (default: ./models.yaml, then the one shipped with glimp).")]
-PairOpt = Annotated[Optional[str], typer.Option("--pair", help="Named pair from models.yaml (default: its default_pair).")]
-SmallOpt = Annotated[Optional[str], typer.Option("--small", help="Small model: a name from models.yaml or a .gguf path.")]
-LargeOpt = Annotated[Optional[str], typer.Option("--large", help="Large model: a name from models.yaml or a .gguf path.")]
-EntropyOpt = Annotated[
-    Optional[str], typer.Option("--entropy", help="Entropy over the full vocabulary (full) or the top-k tokens, renormalised (topk).")
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="models.yaml to use (default: ./models.yaml, then the one shipped with glimp)."),
 ]
-TemperatureOpt = Annotated[float, typer.Option("--temperature", parser=NON_NEGATIVE, help="Sampling temperature; 0 is greedy.")]
-TopPOpt = Annotated[float, typer.Option("--top-p", parser=number(low=0.0, high=1.0, low_open=True), help="Nucleus sampling mass, above 0 and at most 1.")]
+PairOpt = Annotated[
+    Optional[str], typer.Option("--pair", help="Named pair from models.yaml (default: its default_pair).")
+]
+SmallOpt = Annotated[
+    Optional[str], typer.Option("--small", help="Small model: a name from models.yaml or a .gguf path.")
+]
+LargeOpt = Annotated[
+    Optional[str], typer.Option("--large", help="Large model: a name from models.yaml or a .gguf path.")
+]
+EntropyOpt = Annotated[
+    Optional[str],
+    typer.Option("--entropy", help="Entropy over the full vocabulary (full) or the top-k tokens, renormalised (topk)."),
+]
+TemperatureOpt = Annotated[
+    float, typer.Option("--temperature", parser=NON_NEGATIVE, help="Sampling temperature; 0 is greedy.")
+]
+TopPOpt = Annotated[
+    float,
+    typer.Option(
+        "--top-p", parser=number(low=0.0, high=1.0, low_open=True), help="Nucleus sampling mass, above 0 and at most 1."
+    ),
+]
 MAX_SEED = 2**32 - 1  # llama.cpp's samplers take a 32-bit seed: a larger one would wrap onto a smaller one
 SeedOpt = Annotated[
     int,
     typer.Option(
-        "--seed", min=0, max=MAX_SEED,
+        "--seed",
+        min=0,
+        max=MAX_SEED,
         help="Random seed (0 to 4294967295) for sampling and --mode random; a benchmark derives each problem's seed from it and the problem id.",
     ),
 ]
 MaxStepTokensOpt = Annotated[Optional[int], typer.Option("--max-step-tokens", min=1, help="Cap on one step's tokens.")]
-ThinkingBudgetOpt = Annotated[Optional[int], typer.Option("--thinking-budget", min=1, help="Cap on all thinking tokens.")]
-AnswerByOpt = Annotated[Optional[str], typer.Option("--answer-by", help="Who writes the final answer: large, small or last.")]
+ThinkingBudgetOpt = Annotated[
+    Optional[int], typer.Option("--thinking-budget", min=1, help="Cap on all thinking tokens.")
+]
+AnswerByOpt = Annotated[
+    Optional[str], typer.Option("--answer-by", help="Who writes the final answer: large, small or last.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of rich output.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Run at most this many problems.")]
 OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many problems first.")]
-ProblemKeyOpt = Annotated[Optional[str], typer.Option("--problem-key", help="Record key of the problem text (default: problem, question or prompt).")]
-AnswerKeyOpt = Annotated[Optional[str], typer.Option("--answer-key", help="Record key of the reference answer (default: answer, gold or solution).")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: runs/<command>-<data file name>).")]
+ProblemKeyOpt = Annotated[
+    Optional[str],
+    typer.Option("--problem-key", help="Record key of the problem text (default: problem, question or prompt)."),
+]
+AnswerKeyOpt = Annotated[
+    Optional[str],
+    typer.Option("--answer-key", help="Record key of the reference answer (default: answer, gold or solution)."),
+]
+OutOpt = Annotated[
+    Optional[Path], typer.Option("--out", help="Output directory (default: runs/<command>-<data file name>).")
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue a run in --out, reusing results already there.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Delete the results and summaries in --out and start over.")]
 
@@ -199,11 +234,15 @@ class RunOptions:
             "answer_by": self.answer_by,
         }
         pair = override_pair(pair, overrides, names=OPTION_NAMES)
-        sampling = check_sampling(Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed), names=OPTION_NAMES)
+        sampling = check_sampling(
+            Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed), names=OPTION_NAMES
+        )
         return config, pair, small, large, router_settings(pair, sampling=sampling)
 
 
-def resolve_pair(config: Config, *, pair: str | None, small: str | None, large: str | None) -> tuple[PairSpec, ModelSpec, ModelSpec]:
+def resolve_pair(
+    config: Config, *, pair: str | None, small: str | None, large: str | None
+) -> tuple[PairSpec, ModelSpec, ModelSpec]:
     """The pair from models.yaml with --small/--large applied (names or .gguf paths)."""
     spec = config.pair(pair)
     small_spec = _model_arg(config, small or spec.small)
@@ -232,10 +271,20 @@ def ask(
     large: LargeOpt = None,
     threshold: Annotated[
         Optional[float],
-        typer.Option("--threshold", "-t", parser=NON_NEGATIVE, help="Entropy threshold in nats; at or below it the small model writes the step."),
+        typer.Option(
+            "--threshold",
+            "-t",
+            parser=NON_NEGATIVE,
+            help="Entropy threshold in nats; at or below it the small model writes the step.",
+        ),
     ] = None,
     mode: Annotated[str, typer.Option("--mode", help=f"Routing policy: {', '.join(MODES)}.")] = "glimp",
-    rate: Annotated[float, typer.Option("--rate", parser=SHARE, help="For --mode random: probability that a step goes to the large model.")] = 0.25,
+    rate: Annotated[
+        float,
+        typer.Option(
+            "--rate", parser=SHARE, help="For --mode random: probability that a step goes to the large model."
+        ),
+    ] = 0.25,
     entropy: EntropyOpt = None,
     temperature: TemperatureOpt = DEFAULT_TEMPERATURE,
     top_p: TopPOpt = DEFAULT_TOP_P,
@@ -251,8 +300,21 @@ def ask(
     from glimp_cli.router import route
 
     if not problem.strip():
-        raise ConfigError("the problem is empty: pass its text, e.g. glimp ask \"What is 2 + 3?\"")
-    options = RunOptions(config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by, threshold)
+        raise ConfigError('the problem is empty: pass its text, e.g. glimp ask "What is 2 + 3?"')
+    options = RunOptions(
+        config,
+        pair,
+        small,
+        large,
+        entropy,
+        temperature,
+        top_p,
+        seed,
+        max_step_tokens,
+        thinking_budget,
+        answer_by,
+        threshold,
+    )
     _, _, small_spec, large_spec, settings = options.configure()
     policy = make_policy(mode, rate=rate)
     small_session, large_session = open_pair(small_spec, large_spec)
@@ -272,20 +334,37 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
 
     cfg = apply_calibration(load_config(find_config(config)))
     rows = [
-        {"name": m.name, "source": m.source, "status": model_file_status(m), "n_ctx": m.n_ctx, "n_gpu_layers": m.n_gpu_layers}
+        {
+            "name": m.name,
+            "source": m.source,
+            "status": model_file_status(m),
+            "n_ctx": m.n_ctx,
+            "n_gpu_layers": m.n_gpu_layers,
+        }
         for m in cfg.models.values()
     ]
     pairs = [
-        {"name": p.name, "small": p.small, "large": p.large, "threshold": p.threshold, "entropy": p.entropy, "default": p.name == cfg.default_pair}
+        {
+            "name": p.name,
+            "small": p.small,
+            "large": p.large,
+            "threshold": p.threshold,
+            "entropy": p.entropy,
+            "default": p.name == cfg.default_pair,
+        }
         for p in cfg.pairs.values()
     ]
     gpu_offload = backend.backend_info()["gpu_offload"]
     if json_output:
-        print(json_text({"config": str(cfg.path), "gpu_offload": gpu_offload, "models": rows, "pairs": pairs}, indent=2))
+        print(
+            json_text({"config": str(cfg.path), "gpu_offload": gpu_offload, "models": rows, "pairs": pairs}, indent=2)
+        )
         return
     console = Console(highlight=False)
     console.print(f"config: {cfg.path}", markup=False)
-    console.print(f"llama.cpp GPU offload compiled in: {'yes' if gpu_offload else 'no (CPU build: n_gpu_layers is ignored)'}")
+    console.print(
+        f"llama.cpp GPU offload compiled in: {'yes' if gpu_offload else 'no (CPU build: n_gpu_layers is ignored)'}"
+    )
     table = Table("model", "source", "file", "n_ctx", "n_gpu_layers", title="models")
     for row in rows:
         status = "[green]ok[/]" if row["status"] == "ok" else f"[red]{escape(row['status'])}[/]"
@@ -305,16 +384,25 @@ def bench(
     offset: OffsetOpt = 0,
     modes: Annotated[
         Modes,
-        typer.Option("--modes", parser=mode_list, help=f"Comma-separated modes: {', '.join(MODES)}. random runs last, at glimp's large-step share."),
+        typer.Option(
+            "--modes",
+            parser=mode_list,
+            help=f"Comma-separated modes: {', '.join(MODES)}. random runs last, at glimp's large-step share.",
+        ),
     ] = Modes(MODES),
     threshold: Annotated[
         Optional[Numbers],
         typer.Option(
-            "--threshold", "-t", parser=number_list(NON_NEGATIVE),
+            "--threshold",
+            "-t",
+            parser=number_list(NON_NEGATIVE),
             help="glimp threshold(s) in nats, e.g. 0.5,1.0,1.5 (default: the pair's); random matches the first.",
         ),
     ] = None,
-    rate: Annotated[float, typer.Option("--rate", parser=SHARE, help="random's large-model probability when glimp is not among --modes.")] = 0.25,
+    rate: Annotated[
+        float,
+        typer.Option("--rate", parser=SHARE, help="random's large-model probability when glimp is not among --modes."),
+    ] = 0.25,
     problem_key: ProblemKeyOpt = None,
     answer_key: AnswerKeyOpt = None,
     out: OutOpt = None,
@@ -338,7 +426,9 @@ def bench(
     from glimp_cli import render_runs
     from glimp_cli.store import open_store
 
-    options = RunOptions(config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by)
+    options = RunOptions(
+        config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by
+    )
     _, pair_spec, small_spec, large_spec, settings = options.configure()
     plan = benchmark.make_plan(
         data, settings=settings, modes=modes, thresholds=threshold, rate=rate,
@@ -347,7 +437,10 @@ def bench(
     out = out if out is not None else Path("runs") / data.stem
     fingerprint = benchmark.fingerprint(plan, pair=pair_spec, small=small_spec, large=large_spec)
     err = Console(stderr=True, highlight=False)
-    with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store, render_runs.BenchDisplay(err, out=out) as display:
+    with (
+        open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store,
+        render_runs.BenchDisplay(err, out=out) as display,
+    ):
         display.notes(store.notes)
         small_session, large_session = open_pair(small_spec, large_spec)
         summary = benchmark.run_bench(plan, small=small_session, large=large_session, store=store, on_progress=display)
@@ -359,36 +452,69 @@ def bench(
 
 @app.command()
 def calibrate(
-    data: Annotated[Path, typer.Argument(help="JSONL file, one problem per line (a development set, not your test set).")],
+    data: Annotated[
+        Path, typer.Argument(help="JSONL file, one problem per line (a development set, not your test set).")
+    ],
     limit: LimitOpt = None,
     offset: OffsetOpt = 0,
     target_rate: Annotated[
         float,
-        typer.Option("--target-rate", parser=OPEN_SHARE, help="Share of steps to send to the large model, between 0 and 1 (the paper recommends 0.2-0.3)."),
+        typer.Option(
+            "--target-rate",
+            parser=OPEN_SHARE,
+            help="Share of steps to send to the large model, between 0 and 1 (the paper recommends 0.2-0.3).",
+        ),
     ] = 0.25,
-    sweep: Annotated[bool, typer.Option("--sweep", help="Also run the routed pipeline at each candidate threshold, with large and small as references.")] = False,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Also run the routed pipeline at each candidate threshold, with large and small as references.",
+        ),
+    ] = False,
     thresholds: Annotated[
-        Optional[Numbers], typer.Option("--thresholds", parser=number_list(NON_NEGATIVE), help="Sweep candidates in nats, e.g. 0.5,1,1.5.")
+        Optional[Numbers],
+        typer.Option(
+            "--thresholds", parser=number_list(NON_NEGATIVE), help="Sweep candidates in nats, e.g. 0.5,1,1.5."
+        ),
     ] = None,
     rates: Annotated[
         Optional[Numbers],
         typer.Option(
-            "--rates", parser=number_list(OPEN_SHARE),
+            "--rates",
+            parser=number_list(OPEN_SHARE),
             help="Sweep candidates as large-step shares, e.g. 0.1,0.2,0.3: thresholds from the probe's entropies.",
         ),
     ] = None,
     objective: Annotated[
-        str, typer.Option("--objective", help="Sweep choice: accuracy (most accurate within --max-latency) or latency (fastest within --margin of large's accuracy).")
+        str,
+        typer.Option(
+            "--objective",
+            help="Sweep choice: accuracy (most accurate within --max-latency) or latency (fastest within --margin of large's accuracy).",
+        ),
     ] = "accuracy",
     max_latency: Annotated[
         float,
-        typer.Option("--max-latency", parser=number(low=0.0, low_open=True), help="For --objective accuracy: latency budget as a multiple of the large model's."),
+        typer.Option(
+            "--max-latency",
+            parser=number(low=0.0, low_open=True),
+            help="For --objective accuracy: latency budget as a multiple of the large model's.",
+        ),
     ] = 0.8,
     margin: Annotated[
-        float, typer.Option("--margin", parser=SHARE, help="For --objective latency: accuracy (0-1) below the large model's that is accepted.")
+        float,
+        typer.Option(
+            "--margin",
+            parser=SHARE,
+            help="For --objective latency: accuracy (0-1) below the large model's that is accepted.",
+        ),
     ] = 0.0,
     save: Annotated[
-        bool, typer.Option("--save", help="Record the threshold in glimp-calibration.yaml for `glimp ask` and `glimp bench` (models.yaml is not changed).")
+        bool,
+        typer.Option(
+            "--save",
+            help="Record the threshold in glimp-calibration.yaml for `glimp ask` and `glimp bench` (models.yaml is not changed).",
+        ),
     ] = False,
     problem_key: ProblemKeyOpt = None,
     answer_key: AnswerKeyOpt = None,
@@ -413,7 +539,9 @@ def calibrate(
     from glimp_cli.render_runs import BenchDisplay, print_report
     from glimp_cli.store import open_store
 
-    options = RunOptions(config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by)
+    options = RunOptions(
+        config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by
+    )
     cfg, pair_spec, small_spec, large_spec, settings = options.configure(calibrated=False)
     plan = calibration.make_plan(
         data, settings=settings, target_rate=target_rate, sweep=sweep, thresholds=thresholds, rates=rates,
@@ -442,11 +570,16 @@ def calibrate(
     if save_error is not None:
         raise save_error
     if save and report["saved"] is None:
-        raise RunError(f"nothing saved: {report['sweep']['reason']}; relax --max-latency or --margin, or try other thresholds")
+        raise RunError(
+            f"nothing saved: {report['sweep']['reason']}; relax --max-latency or --margin, or try other thresholds"
+        )
 
 
 @app.command()
-def pull(name: Annotated[str, typer.Argument(help="Model name from models.yaml with an `hf:` source.")], config: ConfigOpt = None) -> None:
+def pull(
+    name: Annotated[str, typer.Argument(help="Model name from models.yaml with an `hf:` source.")],
+    config: ConfigOpt = None,
+) -> None:
     """Download an `hf:` model into the Hugging Face cache (the only command that downloads)."""
     from glimp_cli.sources import resolve_model_path
 
@@ -542,5 +675,6 @@ def one_line(message: str) -> str:
     """The message with line breaks and other control characters escaped (a name or value from a file may
     hold them): an error is one line."""
     return "".join(
-        ascii(char)[1:-1] if char != "\t" and unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") else char for char in message
+        ascii(char)[1:-1] if char != "\t" and unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") else char
+        for char in message
     )

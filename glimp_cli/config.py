@@ -87,12 +87,16 @@ class Config:
     def pair(self, name: str | None) -> PairSpec:
         name = name or self.default_pair
         if name not in self.pairs:
-            raise ConfigError(f"{self.path}: unknown pair '{name}'{did_you_mean(name, self.pairs)}; configured: {', '.join(self.pairs)}")
+            raise ConfigError(
+                f"{self.path}: unknown pair '{name}'{did_you_mean(name, self.pairs)}; configured: {', '.join(self.pairs)}"
+            )
         return self.pairs[name]
 
     def model(self, name: str) -> ModelSpec:
         if name not in self.models:
-            raise ConfigError(f"{self.path}: unknown model '{name}'{did_you_mean(name, self.models)}; configured: {', '.join(self.models)}")
+            raise ConfigError(
+                f"{self.path}: unknown model '{name}'{did_you_mean(name, self.models)}; configured: {', '.join(self.models)}"
+            )
         return self.models[name]
 
 
@@ -145,7 +149,9 @@ PAIR_CHECKS: dict[str, Check] = {
 MIN_N_CTX = 256  # room for a prompt, a step and an answer; below it llama.cpp or the first step fails
 MAX_LLAMA_INT = 2**31 - 1  # llama.cpp keeps these in 32-bit fields: a larger value would wrap silently
 MODEL_CHECKS: dict[str, Check] = {
-    "prompt": lambda value: None if value is None or "{problem}" in value else "must contain {problem} (where the problem goes)",
+    "prompt": lambda value: (
+        None if value is None or "{problem}" in value else "must contain {problem} (where the problem goes)"
+    ),
     "n_gpu_layers": Bounds(-1, MAX_LLAMA_INT),
     "n_ctx": Bounds(MIN_N_CTX, MAX_LLAMA_INT),
     "n_threads": Bounds(1, MAX_LLAMA_INT, optional=True),
@@ -222,7 +228,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}): save the file as UTF-8") from None
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}): save the file as UTF-8"
+        ) from None
     try:
         raw = yaml.safe_load(text) or {}
         lines = key_lines(yaml.compose(text))
@@ -284,7 +292,9 @@ def _section(raw: dict[str, Any], key: str, where) -> dict[str, Any]:
     for name in map(str, body):
         surrogate = lone_surrogate(name)
         if surrogate:
-            raise ConfigError(f"{where(key, name)}: the name {name!r} holds a lone surrogate, {surrogate}, which is not text")
+            raise ConfigError(
+                f"{where(key, name)}: the name {name!r} holds a lone surrogate, {surrogate}, which is not text"
+            )
     return {str(k): v for k, v in body.items()}
 
 
@@ -309,7 +319,9 @@ def _coerce(value: Any, fld: dataclasses.Field, place: str) -> Any:
         try:
             return float(value)
         except OverflowError:  # an integer beyond any float
-            raise ConfigError(f"{place}: '{fld.name}' must be a finite number, got an integer beyond any float") from None
+            raise ConfigError(
+                f"{place}: '{fld.name}' must be a finite number, got an integer beyond any float"
+            ) from None
     return value
 
 
@@ -328,7 +340,9 @@ def _fields_of(body: Any, fields: dict[str, dataclasses.Field], key_path: tuple[
     for key, value in body.items():
         key = str(key)
         if key not in fields:
-            raise ConfigError(f"{where(*key_path, key)}: unknown key '{key}' in {key_path[0][:-1]} '{key_path[1]}'{did_you_mean(key, fields)}")
+            raise ConfigError(
+                f"{where(*key_path, key)}: unknown key '{key}' in {key_path[0][:-1]} '{key_path[1]}'{did_you_mean(key, fields)}"
+            )
         values[key] = _coerce(value, fields[key], where(*key_path, key))
     return values
 
@@ -337,9 +351,13 @@ def _build_model(name: str, body: Any, where, base_dir: Path) -> ModelSpec:
     values = _fields_of(body, _MODEL_FIELDS, ("models", name), where)
     sources = [k for k in ("path", "package", "hf") if values.get(k)]
     if len(sources) != 1:
-        raise ConfigError(f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf (has {', '.join(sources) or 'none'})")
+        raise ConfigError(
+            f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf (has {', '.join(sources) or 'none'})"
+        )
     if values.get("package") and not (values.get("file") or values.get("assemble")):
-        raise ConfigError(f"{where('models', name)}: model '{name}' names a package: add 'file' (path inside it) or 'assemble: true'")
+        raise ConfigError(
+            f"{where('models', name)}: model '{name}' names a package: add 'file' (path inside it) or 'assemble: true'"
+        )
     for key, value in values.items():
         problem = MODEL_CHECKS[key](value) if key in MODEL_CHECKS else None
         if problem:

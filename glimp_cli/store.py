@@ -82,7 +82,9 @@ class ResultStore:
         self.close()
 
 
-def open_store(directory: str | os.PathLike[str], *, fingerprint: dict[str, Any], resume: bool = False, force: bool = False) -> ResultStore:
+def open_store(
+    directory: str | os.PathLike[str], *, fingerprint: dict[str, Any], resume: bool = False, force: bool = False
+) -> ResultStore:
     """Open (or create) an output directory for a run with these settings, and lock it until the store is closed.
 
     Refuses a directory another glimp run holds, one holding results from other settings, or from this run
@@ -149,7 +151,9 @@ def _open_locked(
                 "pass --force to start over, or choose another --out"
             )
         if not resume:
-            raise DataError(f"{directory} already holds {len(records)} results of this run: pass --resume to continue it, or --force to start over")
+            raise DataError(
+                f"{directory} already holds {len(records)} results of this run: pass --resume to continue it, or --force to start over"
+            )
     if repaired is not None:
         write_atomic(results, repaired)
     if not records:

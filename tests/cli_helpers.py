@@ -40,8 +40,14 @@ def usage_error(err: str, command: str) -> str:
 BAD_DATA = [
     (None, "data file not found: {path}"),
     ('{"problem": "q", "answer": "1"}\n{"problem": "q2", \n', "{path}:2: not JSON: "),
-    ('{"problem": "q", "answer": "1"}\n{"text": "q", "answer": "1"}\n', "{path}:2: no problem text: expected 'problem' or 'question' or 'prompt'; the record has 'text', 'answer'"),
-    ('{"problem": "q", "result": "1"}\n', "{path}:1: no answer: expected 'answer' or 'gold' or 'solution'; the record has 'problem', 'result'"),
+    (
+        '{"problem": "q", "answer": "1"}\n{"text": "q", "answer": "1"}\n',
+        "{path}:2: no problem text: expected 'problem' or 'question' or 'prompt'; the record has 'text', 'answer'",
+    ),
+    (
+        '{"problem": "q", "result": "1"}\n',
+        "{path}:1: no answer: expected 'answer' or 'gold' or 'solution'; the record has 'problem', 'result'",
+    ),
     ("", "{path}: no problems (the file is empty)"),
 ]
 BAD_DATA_IDS = ["missing-file", "not-json", "no-problem", "no-answer", "empty-file"]

@@ -107,7 +107,9 @@ class ScriptedSession:
 
     def next_token_logits(self) -> np.ndarray:
         if self.logits_calls >= len(self._logits):
-            raise AssertionError(f"{self.name}: asked for logits {self.logits_calls + 1} times, scripted {len(self._logits)}")
+            raise AssertionError(
+                f"{self.name}: asked for logits {self.logits_calls + 1} times, scripted {len(self._logits)}"
+            )
         row = self._logits[self.logits_calls]
         self.logits_calls += 1
         return row.copy()
@@ -126,7 +128,9 @@ class ScriptedSession:
     def probe(self, *, top_k: int) -> FirstToken:
         logits = self.next_token_logits()
         token = self.sample()
-        return FirstToken(token=token, text=self.token_text(token), entropies=initial_token_entropies(logits, top_k=top_k))
+        return FirstToken(
+            token=token, text=self.token_text(token), entropies=initial_token_entropies(logits, top_k=top_k)
+        )
 
     def generate_step(
         self, *, first_token: int | None, stops: Sequence[str], max_tokens: int

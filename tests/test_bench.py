@@ -34,7 +34,9 @@ from glimp_cli.session import FirstToken, Counters, Sampling, StepOutput
 from glimp_cli.store import RESULTS_FILE, RUN_FILE, SUMMARY_JSON, SUMMARY_MD, open_store, result_key
 
 LN8 = math.log(8)
-SETTINGS = router_settings(PairSpec("test", "small", "large", threshold=1.0, answer_stops=()), sampling=Sampling(temperature=0.0, seed=0))
+SETTINGS = router_settings(
+    PairSpec("test", "small", "large", threshold=1.0, answer_stops=()), sampling=Sampling(temperature=0.0, seed=0)
+)
 FINGERPRINT = {"pair": "fake"}
 STEP_TEXT = "{name} step {index}.\n\n"  # 15 characters (one token each) for steps 1-9
 FINAL_TEXT = "So \\boxed{"  # 10 characters
@@ -45,7 +47,9 @@ class SteppingSession:
     the answer, '<answer>}'. One token per character. The small model's probe at step i is
     uniform over `probe_widths[i]` tokens: entropy ln(width) nats."""
 
-    def __init__(self, name: str, *, steps: int = 4, probe_widths: Sequence[int] = (1,), answers: dict[str, str] | None = None):
+    def __init__(
+        self, name: str, *, steps: int = 4, probe_widths: Sequence[int] = (1,), answers: dict[str, str] | None = None
+    ):
         self.name = name
         self.steps = steps
         self.probe_widths = probe_widths
@@ -87,7 +91,9 @@ class SteppingSession:
         logits = np.array([0.0] * width + [-np.inf] * (8 - width))
         return FirstToken(token=0, text="t", entropies=initial_token_entropies(logits, top_k=top_k))
 
-    def generate_step(self, *, first_token: int | None, stops: Sequence[str], max_tokens: int) -> Generator[str, None, StepOutput]:
+    def generate_step(
+        self, *, first_token: int | None, stops: Sequence[str], max_tokens: int
+    ) -> Generator[str, None, StepOutput]:
         if self._text.endswith("\\boxed{"):
             text, finish, stop = self.answers.get(self._problem, "0") + "}", "eos", None
         elif self._text.count("\n\n") < self.steps - 1:
@@ -103,18 +109,38 @@ class SteppingSession:
 
 def _data(tmp_path: Path, n: int) -> Path:
     path = tmp_path / "data.jsonl"
-    path.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"problem {i}", "answer": str(10 + i)}) + "\n" for i in range(n)))
+    path.write_text(
+        "".join(json.dumps({"id": f"p{i}", "problem": f"problem {i}", "answer": str(10 + i)}) + "\n" for i in range(n))
+    )
     return path
 
 
 def _pair(n: int, *, steps: int = 4, probe_widths: Sequence[int] = (1, 8, 1, 1)):
     """The large model answers every problem correctly, the small one only even-numbered ones."""
-    small = SteppingSession("small", steps=steps, probe_widths=probe_widths, answers={f"problem {i}": str(10 + i) if i % 2 == 0 else "0" for i in range(n)})
+    small = SteppingSession(
+        "small",
+        steps=steps,
+        probe_widths=probe_widths,
+        answers={f"problem {i}": str(10 + i) if i % 2 == 0 else "0" for i in range(n)},
+    )
     large = SteppingSession("large", steps=steps, answers={f"problem {i}": str(10 + i) for i in range(n)})
     return small, large
 
 
-def _run(tmp_path, *, n=3, limit=None, modes="glimp,small,large,random", thresholds=None, rate=0.25, probe_widths=(1, 8, 1, 1), steps=4, on_progress=None, pair=None, resume=False):
+def _run(
+    tmp_path,
+    *,
+    n=3,
+    limit=None,
+    modes="glimp,small,large,random",
+    thresholds=None,
+    rate=0.25,
+    probe_widths=(1, 8, 1, 1),
+    steps=4,
+    on_progress=None,
+    pair=None,
+    resume=False,
+):
     modes = tuple(modes.split(","))
     thresholds = tuple(float(t) for t in thresholds.split(",")) if thresholds else None
     plan = make_plan(_data(tmp_path, n), settings=SETTINGS, modes=modes, thresholds=thresholds, rate=rate, limit=limit)
@@ -133,7 +159,9 @@ def _records(out: Path) -> list[dict]:
 
 def test_every_problem_gets_one_record_per_mode_with_random_last(tmp_path):
     _, records, _ = _run(tmp_path)
-    assert [(r["mode"], r["id"]) for r in records] == [(m, f"p{i}") for m in ("glimp", "small", "large", "random") for i in range(3)]
+    assert [(r["mode"], r["id"]) for r in records] == [
+        (m, f"p{i}") for m in ("glimp", "small", "large", "random") for i in range(3)
+    ]
     assert len({result_key(r) for r in records}) == 12
 
 
@@ -165,8 +193,12 @@ def test_single_model_baselines_never_touch_the_other_model(tmp_path):
     _, records, _ = _run(tmp_path)
     small = [r for r in records if r["mode"] == "small"]
     large = [r for r in records if r["mode"] == "large"]
-    assert all(r["tokens"]["large"] == r["prefill_tokens"]["large"] == 0 and r["answer_model"] == "small" for r in small)
-    assert all(r["tokens"]["small"] == r["prefill_tokens"]["small"] == 0 and r["answer_model"] == "large" for r in large)
+    assert all(
+        r["tokens"]["large"] == r["prefill_tokens"]["large"] == 0 and r["answer_model"] == "small" for r in small
+    )
+    assert all(
+        r["tokens"]["small"] == r["prefill_tokens"]["small"] == 0 and r["answer_model"] == "large" for r in large
+    )
     assert [r["correct"] for r in small] == [True, False, True]
     assert all(r["entropies"] == [None] * 4 for r in large)
 
@@ -226,7 +258,10 @@ def test_summary_markdown_has_one_row_per_condition(tmp_path):
     markdown = (tmp_path / "out" / SUMMARY_MD).read_text()
     assert markdown == summary_markdown(summary)
     rows = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert rows[0] == "| mode | n | accuracy | ± se | mean s | median s | vs large | large steps | large tokens | tokens/s | finish |"
+    assert (
+        rows[0]
+        == "| mode | n | accuracy | ± se | mean s | median s | vs large | large steps | large tokens | tokens/s | finish |"
+    )
     assert [row.split(" | ")[0] for row in rows[1:]] == ["| glimp@1", "| small", "| large", "| random@0.250"]
     assert rows[2].split(" | ")[2:4] == ["66.7%", "27.2%"]  # small: 2 of 3, se sqrt(2/9 / 3)
     assert rows[3].split(" | ")[-1] == "answer_marker 3 |"
@@ -239,7 +274,14 @@ def test_progress_reports_each_problem_before_and_after_it_runs(tmp_path):
     assert [p.done for p in seen] == [d for i in range(12) for d in (i, i + 1)]
     assert {p.total for p in seen} == {12}
     small = [p for p in seen if p.condition.mode == "small"]
-    assert [(p.position, p.scored, p.correct) for p in small] == [(1, 0, 0), (1, 1, 1), (2, 1, 1), (2, 2, 1), (3, 2, 1), (3, 3, 2)]
+    assert [(p.position, p.scored, p.correct) for p in small] == [
+        (1, 0, 0),
+        (1, 1, 1),
+        (2, 1, 1),
+        (2, 2, 1),
+        (3, 2, 1),
+        (3, 3, 2),
+    ]
     assert small[-1].accuracy == pytest.approx(2 / 3)
     assert all((p.record is not None) == (p.status == "finished") for p in seen)
 
@@ -272,7 +314,12 @@ def test_an_interrupt_keeps_finished_results_and_writes_their_summary(tmp_path):
         _run(tmp_path, pair=pair)
     out = tmp_path / "out"
     records = _records(out)
-    assert [(r["mode"], r["id"]) for r in records] == [("glimp", "p0"), ("glimp", "p1"), ("glimp", "p2"), ("small", "p0")]
+    assert [(r["mode"], r["id"]) for r in records] == [
+        ("glimp", "p0"),
+        ("glimp", "p1"),
+        ("glimp", "p2"),
+        ("small", "p0"),
+    ]
     summary = json.loads((out / SUMMARY_JSON).read_text())
     assert (summary["results"], summary["finished"], summary["planned"]) == (4, 4, 12)
     _assert_summary_matches_records(summary, records)
@@ -326,15 +373,23 @@ def test_progress_bar_on_a_terminal_shows_mode_problem_count_and_accuracy(tmp_pa
 
 
 def test_plan_drops_repeated_modes_and_thresholds_and_names_unknown_modes(tmp_path):
-    plan = make_plan(_data(tmp_path, 1), settings=SETTINGS, modes=("large", "glimp", "large"), thresholds=(0.5, 1.0, 0.5))
+    plan = make_plan(
+        _data(tmp_path, 1), settings=SETTINGS, modes=("large", "glimp", "large"), thresholds=(0.5, 1.0, 0.5)
+    )
     assert (plan.modes, plan.thresholds) == (("large", "glimp"), (0.5, 1.0))
     assert make_plan(_data(tmp_path, 1), settings=SETTINGS).thresholds == (SETTINGS.threshold,)
-    with pytest.raises(ConfigError, match=r"unknown mode 'smal' \(did you mean 'small'\?\); choose from glimp, small, large, random"):
+    with pytest.raises(
+        ConfigError, match=r"unknown mode 'smal' \(did you mean 'small'\?\); choose from glimp, small, large, random"
+    ):
         make_plan(_data(tmp_path, 1), settings=SETTINGS, modes=("glimp", "smal"))
 
 
 def test_condition_labels():
-    assert [Condition("glimp", threshold=1.5).label, Condition("random", 1.0, 0.1234).label, Condition("small").label] == ["glimp@1.5", "random@0.123", "small"]
+    assert [
+        Condition("glimp", threshold=1.5).label,
+        Condition("random", 1.0, 0.1234).label,
+        Condition("small").label,
+    ] == ["glimp@1.5", "random@0.123", "small"]
 
 
 # --- a problem that cannot be run ------------------------------------------------------------------
@@ -350,7 +405,9 @@ def _pair_failing_on(problem: str, error: Exception, n: int = 3):
 
 def test_a_problem_too_long_for_the_context_is_a_failed_record_and_the_run_goes_on(tmp_path):
     summary, records, (small, _) = _run(tmp_path, pair=_pair_failing_on("problem 1", ContextError(TOO_LONG)))
-    assert [(r["mode"], r["id"]) for r in records] == [(m, f"p{i}") for m in ("glimp", "small", "large", "random") for i in range(3)]
+    assert [(r["mode"], r["id"]) for r in records] == [
+        (m, f"p{i}") for m in ("glimp", "small", "large", "random") for i in range(3)
+    ]
     assert [problem for problem, _ in small.starts] == ["problem 0", "problem 2"] * 4  # the others ran in every mode
     failed = [r for r in records if r["id"] == "p1"]
     assert all(r["latency_s"] >= 0 and r["seed"] == bench.problem_seed(0, "p1") for r in failed)
@@ -374,7 +431,11 @@ def test_a_problem_too_long_for_the_context_is_a_failed_record_and_the_run_goes_
         "line": 2,
         "probe_entropies": {"full": [], "topk": []},
     }
-    assert [("probe_entropies" in r, r["finish_reason"]) for r in failed[1:]] == [(True, "error"), (False, "error"), (False, "error")]  # small probes
+    assert [("probe_entropies" in r, r["finish_reason"]) for r in failed[1:]] == [
+        (True, "error"),
+        (False, "error"),
+        (False, "error"),
+    ]  # small probes
     _assert_summary_matches_records(summary, records)
 
 
@@ -387,9 +448,13 @@ def test_the_summary_counts_failed_problems_and_names_them(tmp_path):
         "large": (3, 2, 1, {"answer_marker": 2, "error": 1}),
         "random@0.250": (3, 2, 1, {"answer_marker": 2, "error": 1}),  # glimp's share on the problems that ran
     }
-    assert summary["failed"] == [{"id": "p1", "line": 2, "error": TOO_LONG, "conditions": ["glimp@1", "small", "large", "random@0.250"]}]
+    assert summary["failed"] == [
+        {"id": "p1", "line": 2, "error": TOO_LONG, "conditions": ["glimp@1", "small", "large", "random@0.250"]}
+    ]
     markdown = (tmp_path / "out" / SUMMARY_MD).read_text()
-    assert markdown.endswith(f"| random@0.250 |{markdown.rsplit('| random@0.250 |', 1)[1].splitlines()[0]}\n\nfailed: id 'p1' (line 2) in glimp@1, small, large, random@0.250: {TOO_LONG}\n")
+    assert markdown.endswith(
+        f"| random@0.250 |{markdown.rsplit('| random@0.250 |', 1)[1].splitlines()[0]}\n\nfailed: id 'p1' (line 2) in glimp@1, small, large, random@0.250: {TOO_LONG}\n"
+    )
     assert "| answer_marker 2, error 1 |" in markdown
 
 
@@ -398,7 +463,9 @@ def test_the_terminal_summary_shows_the_failed_problem(tmp_path):
     out = io.StringIO()
     render_runs.print_summary(Console(file=out, width=100, color_system=None), summary)
     lines = out.getvalue().splitlines()
-    assert "finish: glimp@1: answer_marker 2, error 1; small: answer_marker 2, error 1;" in " ".join(" ".join(lines).split())
+    assert "finish: glimp@1: answer_marker 2, error 1; small: answer_marker 2, error 1;" in " ".join(
+        " ".join(lines).split()
+    )
     assert lines[-1] == f"failed: id 'p1' (line 2) in glimp@1, small, large, random@0.250: {TOO_LONG}"
 
 
@@ -433,7 +500,13 @@ def test_any_other_error_still_stops_the_run_and_keeps_what_finished(tmp_path):
 def test_a_problem_text_that_cannot_be_encoded_is_a_failed_record():
     # load_problems refuses such a line; a Problem built another way gets a failed record, not a traceback.
     small, large = _pair(1)
-    record = bench.solve(Problem(id="x", text="half \ud83d", gold="1", line=7), Condition("small"), small=small, large=large, settings=SETTINGS)
+    record = bench.solve(
+        Problem(id="x", text="half \ud83d", gold="1", line=7),
+        Condition("small"),
+        small=small,
+        large=large,
+        settings=SETTINGS,
+    )
     assert (record["finish_reason"], record["correct"], record["line"]) == ("error", False, 7)
     assert record["error"] == "the problem text holds a lone surrogate, \\ud83d at character 6, which is not text"
     assert small.starts == []
@@ -459,7 +532,9 @@ def _assert_summary_matches_records(summary: dict, records: list[dict]) -> None:
         assert c["accuracy"] == pytest.approx(accuracy)
         assert c["accuracy_se"] == pytest.approx(math.sqrt(accuracy * (1 - accuracy) / n))
         assert c["latency_mean_s"] == pytest.approx(sum(latencies) / m)
-        assert c["latency_median_s"] == pytest.approx(latencies[m // 2] if m % 2 else (latencies[m // 2 - 1] + latencies[m // 2]) / 2)
+        assert c["latency_median_s"] == pytest.approx(
+            latencies[m // 2] if m % 2 else (latencies[m // 2 - 1] + latencies[m // 2]) / 2
+        )
         assert c["large_step_share"] == pytest.approx(sum(r["large_steps"] for r in ran) / sum(r["steps"] for r in ran))
         assert c["large_token_share"] == pytest.approx(tokens_large / (tokens_small + tokens_large))
         assert c["tokens_per_s"] == pytest.approx((tokens_small + tokens_large) / sum(latencies))
@@ -486,7 +561,10 @@ def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, 
     ("args", "message"),
     [
         (["--modes", "glimp,smal"], "Invalid value for '--modes': unknown mode 'smal' (did you mean 'small'?)"),
-        (["--threshold", "0.5,high"], "Invalid value for '--threshold' / '-t': must be a number, 0 or more, got 'high'"),
+        (
+            ["--threshold", "0.5,high"],
+            "Invalid value for '--threshold' / '-t': must be a number, 0 or more, got 'high'",
+        ),
         (["--threshold", "nan"], "Invalid value for '--threshold' / '-t': must be a number, 0 or more, got 'nan'"),
         (["--rate", "1.5"], "Invalid value for '--rate': must be a number at least 0 and at most 1, got '1.5'"),
         (["--limit", "0"], "Invalid value for '--limit'"),
@@ -501,7 +579,9 @@ def test_bad_option_values_are_usage_errors(tmp_path, monkeypatch, capsys, args,
 
 
 def test_resume_and_force_exclude_each_other(tmp_path, monkeypatch, capsys):
-    code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(tmp_path / "out"), "--resume", "--force")
+    code, err = _cli(
+        monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(tmp_path / "out"), "--resume", "--force"
+    )
     assert code == 2
     assert one_error_line(err).startswith("--resume and --force exclude each other")
 
@@ -519,7 +599,9 @@ def test_out_with_results_from_other_settings_exits_2(tmp_path, monkeypatch, cap
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(out), *(["--resume"] if resume else []))
     assert code == 2
     line = one_error_line(err)
-    assert line.startswith(f"{out} holds results from different settings (pair: 'other' then, 'demo' now; small.name: '(unset)' then, ")
+    assert line.startswith(
+        f"{out} holds results from different settings (pair: 'other' then, 'demo' now; small.name: '(unset)' then, "
+    )
     assert line.endswith("pass --force to start over, or choose another --out")
     assert len(_records(out)) == 1  # untouched
 
@@ -531,7 +613,10 @@ def test_out_with_a_corrupt_middle_line_exits_2(tmp_path, monkeypatch, capsys):
     (out / RESULTS_FILE).write_text('{"id": 1, "mode": "small"}\nnot json\n{"id": 2, "mode": "small"}\n')
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path, 2)), "--out", str(out), "--resume")
     assert code == 2
-    assert one_error_line(err) == f"{out / RESULTS_FILE}:2: not a result record: fix or delete the line, or pass --force to start over"
+    assert (
+        one_error_line(err)
+        == f"{out / RESULTS_FILE}:2: not a result record: fix or delete the line, or pass --force to start over"
+    )
 
 
 # --- end to end with the demo pair ---------------------------------------------------------------
@@ -554,7 +639,14 @@ def demo_config(tmp_path_factory) -> str:
 def _glimp(*args: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("GLIMP_DEBUG", None)
-    return subprocess.Popen([sys.executable, "-m", "glimp_cli", "bench", *args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "glimp_cli", "bench", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
 
 
 def _gsm8k() -> Path:
@@ -576,7 +668,9 @@ def demo_run(tmp_path_factory, demo_config):
 def test_demo_run_writes_one_record_per_problem_and_mode(demo_run):
     out, _, _ = demo_run
     records = _records(out)
-    assert sorted((r["id"], r["mode"]) for r in records) == sorted((i, m) for i in range(3) for m in ("glimp", "small", "large", "random"))
+    assert sorted((r["id"], r["mode"]) for r in records) == sorted(
+        (i, m) for i in range(3) for m in ("glimp", "small", "large", "random")
+    )
     assert {r["gold"] for r in records} == {"18", "3", "70000"}
     assert all(len(r["entropies"]) == r["steps"] for r in records)
     assert all(r["threshold"] == 2.5 for r in records if r["mode"] in ("glimp", "random"))
@@ -599,13 +693,20 @@ def test_demo_run_shares_large_one_small_zero_random_near_glimp(demo_run):
     assert random_["rate"] == pytest.approx(glimp["large_steps"] / glimp["steps"], abs=1e-6)
     # A handful of random draws: allow three binomial standard errors (plus one step).
     n = random_["steps"]
-    assert abs(random_["large_step_share"] - random_["rate"]) <= 3 * math.sqrt(random_["rate"] * (1 - random_["rate"]) / n) + 1 / n
+    assert (
+        abs(random_["large_step_share"] - random_["rate"])
+        <= 3 * math.sqrt(random_["rate"] * (1 - random_["rate"]) / n) + 1 / n
+    )
 
 
 def test_demo_run_fingerprint_names_pair_models_and_data(demo_run):
     out, _, _ = demo_run
     fingerprint = json.loads((out / RUN_FILE).read_text())["fingerprint"]
-    assert (fingerprint["pair"], fingerprint["small"]["name"], fingerprint["large"]["name"]) == ("demo", "smollm2-135m", "gemma3-270m")
+    assert (fingerprint["pair"], fingerprint["small"]["name"], fingerprint["large"]["name"]) == (
+        "demo",
+        "smollm2-135m",
+        "gemma3-270m",
+    )
     assert fingerprint["sampling"] == {"temperature": 0.0, "top_p": 0.95, "seed": 0}
     assert (fingerprint["router"]["step_max_tokens"], fingerprint["router"]["thinking_budget"]) == (32, 64)
     assert fingerprint["data"]["file"] == str(GSM8K.resolve())
@@ -613,16 +714,34 @@ def test_demo_run_fingerprint_names_pair_models_and_data(demo_run):
 
 def test_sigint_midway_then_resume_gives_one_record_per_problem_and_mode(tmp_path, demo_config):
     out = tmp_path / "out"
-    args = (str(_gsm8k()), "--limit", "2", "--modes", "small,large", *E2E_CAPS, "--config", demo_config, "--out", str(out))
+    args = (
+        str(_gsm8k()),
+        "--limit",
+        "2",
+        "--modes",
+        "small,large",
+        *E2E_CAPS,
+        "--config",
+        demo_config,
+        "--out",
+        str(out),
+    )
     proc = _glimp(*args)
     results = out / RESULTS_FILE
     deadline = time.monotonic() + 600
-    while not (results.exists() and results.read_text().count("\n") >= 1) and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        not (results.exists() and results.read_text().count("\n") >= 1)
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert f"interrupted: finished results stay in {results}, their summary in {out / SUMMARY_MD}; rerun with --resume to continue" in stderr
+    assert (
+        f"interrupted: finished results stay in {results}, their summary in {out / SUMMARY_MD}; rerun with --resume to continue"
+        in stderr
+    )
     finished = _records(out)
     assert 1 <= len(finished) < 4
     summary = json.loads((out / SUMMARY_JSON).read_text())
@@ -647,11 +766,19 @@ def test_demo_pair_records_a_problem_too_long_for_its_context_and_goes_on(tmp_pa
         model.update(n_ctx=512, n_threads=1)
     (tmp_path / "models.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     data = tmp_path / "data.jsonl"
-    problems = [("short", "What is 2 + 3?", "5"), ("long", "word " * 600 + "What is 1 + 1?", "2"), ("last", "What is 3 + 4?", "7")]
-    data.write_text("".join(json.dumps({"id": i, "problem": p, "answer": a}) + "\n" for i, p, a in problems), encoding="utf-8")
+    problems = [
+        ("short", "What is 2 + 3?", "5"),
+        ("long", "word " * 600 + "What is 1 + 1?", "2"),
+        ("last", "What is 3 + 4?", "7"),
+    ]
+    data.write_text(
+        "".join(json.dumps({"id": i, "problem": p, "answer": a}) + "\n" for i, p, a in problems), encoding="utf-8"
+    )
     out = tmp_path / "out"
     caps = ("--temperature", "0", "--max-step-tokens", "8", "--thinking-budget", "8")
-    proc = _glimp(str(data), "--modes", "small", *caps, "--config", str(tmp_path / "models.yaml"), "--out", str(out), "--json")
+    proc = _glimp(
+        str(data), "--modes", "small", *caps, "--config", str(tmp_path / "models.yaml"), "--out", str(out), "--json"
+    )
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     [condition] = json.loads(stdout)["conditions"]

@@ -41,13 +41,34 @@ from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
 from glimp_cli.session import FirstToken, Counters, Sampling, StepOutput
 from glimp_cli.store import RESULTS_FILE, open_store
 
-SETTINGS = router_settings(PairSpec("test", "small", "large", threshold=1.0, answer_stops=()), sampling=Sampling(temperature=0.0, seed=0))
+SETTINGS = router_settings(
+    PairSpec("test", "small", "large", threshold=1.0, answer_stops=()), sampling=Sampling(temperature=0.0, seed=0)
+)
 FINGERPRINT = {"pair": "fake", "small": {"name": "fake-small"}, "large": {"name": "fake-large"}}
 VOCAB = 64
 # Probe widths of three problems, four steps each: full entropy ln(width), top-20 entropy ln(min(width, 20)).
-WIDTHS = {"problem 0": (2, 30, 5, 64), "problem 1": (1, 8, 40, 3), "problem 2": (16, 2, 25, 4), "problem 3": (3, 50, 6, 1)}
+WIDTHS = {
+    "problem 0": (2, 30, 5, 64),
+    "problem 1": (1, 8, 40, 3),
+    "problem 2": (16, 2, 25, 4),
+    "problem 3": (3, 50, 6, 1),
+}
 # Entropies recorded by a probe pass of the demo pair on gsm8k 0-2 (full mode, nats).
-RECORDED = [2.318048, 1.128637, 0.012601, 1.016002, 2.976944, 3.014129, 2.168225, 1.272352, 2.431014, 2.650585, 1.246653, 1.903501, 2.345423]
+RECORDED = [
+    2.318048,
+    1.128637,
+    0.012601,
+    1.016002,
+    2.976944,
+    3.014129,
+    2.168225,
+    1.272352,
+    2.431014,
+    2.650585,
+    1.246653,
+    1.903501,
+    2.345423,
+]
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +106,10 @@ def test_halves_round_up():
 
 def test_ties_at_the_boundary_give_the_closest_achievable_count():
     # Achievable counts above a threshold: 0, 1, 4, 5.
-    assert (threshold_for_rate([3, 2, 2, 2, 1], 0.4).large_steps, threshold_for_rate([3, 2, 2, 2, 1], 0.4).exact) == (1, False)
+    assert (threshold_for_rate([3, 2, 2, 2, 1], 0.4).large_steps, threshold_for_rate([3, 2, 2, 2, 1], 0.4).exact) == (
+        1,
+        False,
+    )
     assert threshold_for_rate([3, 2, 2, 2, 1], 0.6).large_steps == 4
     # Equally close (1 and 3 for a target of 2): the smaller count.
     chosen = threshold_for_rate([3, 2, 2, 1], 0.5)
@@ -101,7 +125,10 @@ def test_rate_zero_is_above_every_entropy_and_rate_one_below():
 
 
 def test_too_few_steps_says_how_many_were_collected():
-    with pytest.raises(DataError, match=r"^only 4 steps collected from 1 problem: a threshold for a large-step share of 0.25 needs at least 10; raise --limit"):
+    with pytest.raises(
+        DataError,
+        match=r"^only 4 steps collected from 1 problem: a threshold for a large-step share of 0.25 needs at least 10; raise --limit",
+    ):
         calibrate.check_enough_steps(4, [0.25], problems=1)
     assert calibrate.steps_needed(0.05) == 20
     assert calibrate.steps_needed(0.9) == 10
@@ -112,7 +139,13 @@ def test_too_few_steps_says_how_many_were_collected():
 
 def _row(label: str, accuracy: float, latency_s: float, *, large_latency_s: float = 10.0) -> dict:
     mode = "glimp" if label.startswith("glimp") else label
-    return {"label": label, "mode": mode, "accuracy": accuracy, "latency_mean_s": latency_s, "latency_vs_large": latency_s / large_latency_s}
+    return {
+        "label": label,
+        "mode": mode,
+        "accuracy": accuracy,
+        "latency_mean_s": latency_s,
+        "latency_vs_large": latency_s / large_latency_s,
+    }
 
 
 TABLE = [
@@ -131,13 +164,13 @@ def test_pareto_marks_rows_nothing_beats_on_both_accuracy_and_latency():
     assert pareto_flags(twins) == [True, True, False]
 
 
-
 def test_a_row_whose_problems_all_failed_is_slowest_and_never_chosen():
     failed = {**_row("glimp@9", 0.0, 1.0), "latency_mean_s": None, "latency_vs_large": None}  # no problem could be run
     rows = [failed, _row("glimp@1", 0.5, 2.0), _row("large", 0.6, 4.0)]
     assert pareto_flags(rows) == [False, True, True]
     assert choose(rows, objective="latency", max_latency=0.8, margin=1.0)[0]["label"] == "glimp@1"
     assert choose(rows, objective="accuracy", max_latency=0.8, margin=0.0)[0]["label"] == "glimp@1"
+
 
 def test_accuracy_objective_takes_the_most_accurate_within_the_latency_budget():
     assert choose(TABLE, objective="accuracy", max_latency=0.8, margin=0.0)[0]["label"] == "glimp@1"
@@ -203,7 +236,9 @@ class StepSession:
         logits = np.array([0.0] * width + [-np.inf] * (VOCAB - width))
         return FirstToken(token=0, text="t", entropies=initial_token_entropies(logits, top_k=top_k))
 
-    def generate_step(self, *, first_token: int | None, stops: Sequence[str], max_tokens: int) -> Generator[str, None, StepOutput]:
+    def generate_step(
+        self, *, first_token: int | None, stops: Sequence[str], max_tokens: int
+    ) -> Generator[str, None, StepOutput]:
         steps_done = self._text.count("\n\n")
         if self._text.endswith("\\boxed{"):
             text, finish, stop = self.answers.get(self._problem, "0") + "}", "eos", None
@@ -219,7 +254,9 @@ class StepSession:
 
 def _data(tmp_path: Path, n: int = 3) -> Path:
     path = tmp_path / "data.jsonl"
-    path.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"problem {i}", "answer": str(10 + i)}) + "\n" for i in range(n)))
+    path.write_text(
+        "".join(json.dumps({"id": f"p{i}", "problem": f"problem {i}", "answer": str(10 + i)}) + "\n" for i in range(n))
+    )
     return path
 
 
@@ -265,19 +302,53 @@ def test_report_has_both_modes_and_the_threshold_of_the_pairs_mode(tmp_path):
     small, large = _pair()
     with _store(tmp_path) as store:
         report = run_calibration(_plan(tmp_path), small=small, large=large, store=store)
-    assert set(report) == {"pair", "small", "large", "data", "out", "entropy_mode", "probe", "sweep", "method", "threshold", "target_rate", "large_share", "saved"}
-    assert (report["pair"], report["small"], report["entropy_mode"], report["method"], report["sweep"]) == ("fake", "fake-small", "full", "probe", None)
+    assert set(report) == {
+        "pair",
+        "small",
+        "large",
+        "data",
+        "out",
+        "entropy_mode",
+        "probe",
+        "sweep",
+        "method",
+        "threshold",
+        "target_rate",
+        "large_share",
+        "saved",
+    }
+    assert (report["pair"], report["small"], report["entropy_mode"], report["method"], report["sweep"]) == (
+        "fake",
+        "fake-small",
+        "full",
+        "probe",
+        None,
+    )
     probe = report["probe"]
     assert (probe["problems"], probe["steps"], probe["target_rate"]) == (3, 12, 0.25)
     full, topk = probe["modes"]["full"], probe["modes"]["topk"]
     # full: ln 64, ln 40, ln 30 above 3.3; topk: four steps tie at ln 20, so 4 is the closest count to 3.
-    assert full["threshold"] == {"threshold": 3.3, "rate": 0.25, "steps": 12, "target_steps": 3, "large_steps": 3, "share": 0.25, "exact": True}
-    assert (topk["threshold"]["threshold"], topk["threshold"]["large_steps"], topk["threshold"]["exact"]) == (2.9, 4, False)
+    assert full["threshold"] == {
+        "threshold": 3.3,
+        "rate": 0.25,
+        "steps": 12,
+        "target_steps": 3,
+        "large_steps": 3,
+        "share": 0.25,
+        "exact": True,
+    }
+    assert (topk["threshold"]["threshold"], topk["threshold"]["large_steps"], topk["threshold"]["exact"]) == (
+        2.9,
+        4,
+        False,
+    )
     assert (report["threshold"], report["large_share"]) == (3.3, 0.25)
     assert set(full["distribution"]) == {"min", "p10", "p25", "p50", "p75", "p90", "max", "mean"}
     assert full["distribution"]["max"] == round(math.log(64), 6)
     assert sum(b["steps"] for b in full["histogram"]) == 12 and sum(b["large_steps"] for b in full["histogram"]) == 3
-    assert full["histogram"][0]["low"] == 0.0 and all(b["high"] - b["low"] == pytest.approx(0.5) for b in full["histogram"])
+    assert full["histogram"][0]["low"] == 0.0 and all(
+        b["high"] - b["low"] == pytest.approx(0.5) for b in full["histogram"]
+    )
 
 
 def test_probe_with_too_few_steps_is_a_data_error(tmp_path):
@@ -287,12 +358,13 @@ def test_probe_with_too_few_steps_is_a_data_error(tmp_path):
         run_calibration(plan, small=small, large=large, store=store)
 
 
-
 def test_a_problem_that_cannot_be_run_is_skipped_by_the_quantile_and_counted(tmp_path):
     small, large = _pair()
     small.too_long.add("problem 1")
     with _store(tmp_path) as store:
-        report = run_calibration(make_plan(_data(tmp_path, n=4), settings=SETTINGS), small=small, large=large, store=store)
+        report = run_calibration(
+            make_plan(_data(tmp_path, n=4), settings=SETTINGS), small=small, large=large, store=store
+        )
         failed = store.get(("p1", "small", None, None))
     assert (failed["finish_reason"], failed[PROBE_KEY]) == ("error", {"full": [], "topk": []})
     probe = report["probe"]
@@ -301,7 +373,9 @@ def test_a_problem_that_cannot_be_run_is_skipped_by_the_quantile_and_counted(tmp
     assert report["threshold"] == threshold_for_rate(entropies, 0.25).threshold
     out = io.StringIO()
     print_report(Console(file=out, width=300), report)
-    assert out.getvalue().startswith('probe: 12 steps from 3 problems (and 1 that could not be run, skipped: see "error" in results.jsonl), ')
+    assert out.getvalue().startswith(
+        'probe: 12 steps from 3 problems (and 1 that could not be run, skipped: see "error" in results.jsonl), '
+    )
 
 
 def test_too_few_steps_counts_the_problems_that_could_not_be_run(tmp_path):
@@ -355,13 +429,27 @@ def test_a_routed_run_follows_the_rule_on_the_entropies_it_sees(tmp_path):
 def test_sweep_rows_mark_the_pareto_front_and_the_choice(tmp_path):
     small, large = _pair()
     with _store(tmp_path) as store:
-        report = run_calibration(_plan(tmp_path, sweep=True, rates=(0.25,), thresholds=(5.0,), objective="latency", margin=1.0), small=small, large=large, store=store)
+        report = run_calibration(
+            _plan(tmp_path, sweep=True, rates=(0.25,), thresholds=(5.0,), objective="latency", margin=1.0),
+            small=small,
+            large=large,
+            store=store,
+        )
     rows = report["sweep"]["rows"]
-    assert [(row["label"], row["target_rate"]) for row in rows] == [("glimp@3.3", 0.25), ("glimp@5", None), ("small", None), ("large", None)]
+    assert [(row["label"], row["target_rate"]) for row in rows] == [
+        ("glimp@3.3", 0.25),
+        ("glimp@5", None),
+        ("small", None),
+        ("large", None),
+    ]
     assert [row["pareto"] for row in rows] == pareto_flags(rows)
     chosen = [row for row in rows if row["chosen"]]
     assert len(chosen) == 1 and chosen[0]["mode"] == "glimp"
-    assert (report["method"], report["threshold"], report["large_share"]) == ("sweep", chosen[0]["threshold"], chosen[0]["large_step_share"])
+    assert (report["method"], report["threshold"], report["large_share"]) == (
+        "sweep",
+        chosen[0]["threshold"],
+        chosen[0]["large_step_share"],
+    )
 
 
 def test_progress_lines_count_the_probe_then_the_sweep_and_report_reused_results_once(tmp_path):
@@ -370,7 +458,13 @@ def test_progress_lines_count_the_probe_then_the_sweep_and_report_reused_results
         small, large = _pair()
         plan = _plan(tmp_path, sweep=True, rates=(0.25,))
         with _store(tmp_path, resume=resume) as store:
-            run_calibration(plan, small=small, large=large, store=store, display=lambda: BenchDisplay(Console(file=out, width=200), out=Path("runs/x")))
+            run_calibration(
+                plan,
+                small=small,
+                large=large,
+                store=store,
+                display=lambda: BenchDisplay(Console(file=out, width=200), out=Path("runs/x")),
+            )
         return out.getvalue().splitlines()
 
     first = run(resume=False)
@@ -379,7 +473,10 @@ def test_progress_lines_count_the_probe_then_the_sweep_and_report_reused_results
         *(f"[{3 + i}/9] glimp@3.3 problem {i}/3" for i in (1, 2, 3)),
         *(f"[{6 + i}/9] large problem {i}/3" for i in (1, 2, 3)),
     ]
-    assert run(resume=True) == ["skipped 3 results already in runs/x/results.jsonl", "skipped 6 results already in runs/x/results.jsonl"]
+    assert run(resume=True) == [
+        "skipped 3 results already in runs/x/results.jsonl",
+        "skipped 6 results already in runs/x/results.jsonl",
+    ]
 
 
 # --- saving and loading ---------------------------------------------------------------------------
@@ -404,9 +501,18 @@ pairs:
 
 def _report(**changes) -> dict:
     report = {
-        "pair": "p", "small": "s", "large": "l", "data": "/data/dev.jsonl", "entropy_mode": "topk",
-        "probe": {"problems": 30, "steps": 400}, "sweep": None, "method": "probe",
-        "threshold": 1.7, "target_rate": 0.25, "large_share": 0.25, "saved": None,
+        "pair": "p",
+        "small": "s",
+        "large": "l",
+        "data": "/data/dev.jsonl",
+        "entropy_mode": "topk",
+        "probe": {"problems": 30, "steps": 400},
+        "sweep": None,
+        "method": "probe",
+        "threshold": 1.7,
+        "target_rate": 0.25,
+        "large_share": 0.25,
+        "saved": None,
     }
     return {**report, **changes}
 
@@ -421,7 +527,19 @@ def test_saved_threshold_and_mode_replace_the_pairs_and_models_yaml_is_untouched
     assert (config.pair("p").threshold, config.pair("p").entropy) == (1.7, "topk")
     assert (config.pair("q").threshold, config.pair("q").entropy) == (1.0, "full")
     entry = yaml.safe_load(saved.read_text())["pairs"]["p"]
-    assert set(entry) == {"threshold", "entropy", "small", "large", "data", "problems", "steps", "method", "target_rate", "large_share", "date"}
+    assert set(entry) == {
+        "threshold",
+        "entropy",
+        "small",
+        "large",
+        "data",
+        "problems",
+        "steps",
+        "method",
+        "target_rate",
+        "large_share",
+        "date",
+    }
     assert saved.read_text().startswith("# glimp calibration:")
 
 
@@ -448,7 +566,9 @@ def test_a_broken_calibration_file_is_a_config_error_naming_it(tmp_path):
     config_path.write_text(CONFIG_WITH_COMMENTS)
     path = calibration_path(config_path)
     path.write_text("pairs:\n  p:\n    small: s\n    large: l\n    threshold: high\n    entropy: full\n")
-    with pytest.raises(ConfigError, match=f"^{path}:5: pair 'p': threshold must be a number, got 'high': fix or delete the entry"):
+    with pytest.raises(
+        ConfigError, match=f"^{path}:5: pair 'p': threshold must be a number, got 'high': fix or delete the entry"
+    ):
         apply_calibration(load_config(config_path))
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match=f"^{path}: expected a mapping 'pairs:'"):
@@ -479,15 +599,40 @@ def test_bad_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys, content, 
     [
         (["--target-rate", "0"], "Invalid value for '--target-rate': must be a number above 0 and below 1, got '0'"),
         (["--target-rate", "1"], "Invalid value for '--target-rate': must be a number above 0 and below 1, got '1'"),
-        (["--target-rate", "1.5"], "Invalid value for '--target-rate': must be a number above 0 and below 1, got '1.5'"),
-        (["--target-rate", "lots"], "Invalid value for '--target-rate': must be a number above 0 and below 1, got 'lots'"),
+        (
+            ["--target-rate", "1.5"],
+            "Invalid value for '--target-rate': must be a number above 0 and below 1, got '1.5'",
+        ),
+        (
+            ["--target-rate", "lots"],
+            "Invalid value for '--target-rate': must be a number above 0 and below 1, got 'lots'",
+        ),
         (["--sweep", "--rates", "0.2,1"], "Invalid value for '--rates': must be a number above 0 and below 1, got '1'"),
         (["--sweep", "--thresholds", "1,x"], "Invalid value for '--thresholds': must be a number, 0 or more, got 'x'"),
-        (["--sweep", "--rates", "0.2", "--max-latency", "0"], "Invalid value for '--max-latency': must be a number above 0, got '0'"),
-        (["--sweep", "--rates", "0.2", "--margin", "2"], "Invalid value for '--margin': must be a number at least 0 and at most 1, got '2'"),
-        (["--sweep", "--thresholds", " , "], "Invalid value for '--thresholds': must be one or more numbers separated by commas, got ' , '"),
+        (
+            ["--sweep", "--rates", "0.2", "--max-latency", "0"],
+            "Invalid value for '--max-latency': must be a number above 0, got '0'",
+        ),
+        (
+            ["--sweep", "--rates", "0.2", "--margin", "2"],
+            "Invalid value for '--margin': must be a number at least 0 and at most 1, got '2'",
+        ),
+        (
+            ["--sweep", "--thresholds", " , "],
+            "Invalid value for '--thresholds': must be one or more numbers separated by commas, got ' , '",
+        ),
     ],
-    ids=["rate-0", "rate-1", "rate-above-1", "rate-not-a-number", "bad-rates", "bad-thresholds", "max-latency", "margin", "empty-thresholds"],
+    ids=[
+        "rate-0",
+        "rate-1",
+        "rate-above-1",
+        "rate-not-a-number",
+        "bad-rates",
+        "bad-thresholds",
+        "max-latency",
+        "margin",
+        "empty-thresholds",
+    ],
 )
 def test_bad_option_values_are_usage_errors(tmp_path, monkeypatch, capsys, args, message):
     code, err = _cli(monkeypatch, capsys, str(_data(tmp_path)), "--out", str(tmp_path / "out"), *args)
@@ -501,7 +646,10 @@ def test_bad_option_values_are_usage_errors(tmp_path, monkeypatch, capsys, args,
     [
         (["--sweep"], "--sweep has no thresholds to try: pass --thresholds"),
         (["--rates", "0.2"], "--thresholds and --rates give the candidates of a sweep: add --sweep"),
-        (["--sweep", "--rates", "0.2", "--objective", "acuracy"], "--objective must be one of accuracy, latency, got 'acuracy' (did you mean 'accuracy'?)"),
+        (
+            ["--sweep", "--rates", "0.2", "--objective", "acuracy"],
+            "--objective must be one of accuracy, latency, got 'acuracy' (did you mean 'accuracy'?)",
+        ),
         (["--resume", "--force"], "--resume and --force exclude each other"),
     ],
     ids=["sweep-alone", "rates-without-sweep", "objective", "resume-and-force"],
@@ -528,7 +676,9 @@ def _gsm8k() -> Path:
 def _glimp(*args: str, home: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "XDG_CONFIG_HOME": str(home / "xdg"), "PYTHONUNBUFFERED": "1"}
     env.pop("GLIMP_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "glimp_cli", *args], env=env, text=True, capture_output=True, timeout=timeout, cwd=home)
+    return subprocess.run(
+        [sys.executable, "-m", "glimp_cli", *args], env=env, text=True, capture_output=True, timeout=timeout, cwd=home
+    )
 
 
 @pytest.fixture(scope="module")
@@ -538,12 +688,35 @@ def demo(tmp_path_factory):
     problems with --save --json."""
     home = tmp_path_factory.mktemp("calibrate")
     config = home / "models.yaml"
-    config.write_text(PACKAGED_CONFIG.read_text(encoding="utf-8").replace("    n_ctx: 4096\n", "    n_ctx: 4096\n    n_threads: 1\n"), encoding="utf-8")
+    config.write_text(
+        PACKAGED_CONFIG.read_text(encoding="utf-8").replace("    n_ctx: 4096\n", "    n_ctx: 4096\n    n_threads: 1\n"),
+        encoding="utf-8",
+    )
     original = config.read_text(encoding="utf-8")
     out = home / "out"
-    result = _glimp("calibrate", str(_gsm8k()), "--limit", "3", *E2E_CAPS, "--config", str(config), "--out", str(out), "--save", "--json", home=home)
+    result = _glimp(
+        "calibrate",
+        str(_gsm8k()),
+        "--limit",
+        "3",
+        *E2E_CAPS,
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--save",
+        "--json",
+        home=home,
+    )
     assert result.returncode == 0, result.stderr
-    return {"home": home, "config": config, "original": original, "out": out, "report": json.loads(result.stdout), "stderr": result.stderr}
+    return {
+        "home": home,
+        "config": config,
+        "original": original,
+        "out": out,
+        "report": json.loads(result.stdout),
+        "stderr": result.stderr,
+    }
 
 
 def _records(out: Path) -> list[dict]:
@@ -552,7 +725,13 @@ def _records(out: Path) -> list[dict]:
 
 def test_demo_probe_json_reports_both_modes_and_a_threshold_that_splits_the_steps(demo):
     report, records = demo["report"], _records(demo["out"])
-    assert (report["pair"], report["small"], report["large"], report["entropy_mode"], report["method"]) == ("demo", "smollm2-135m", "gemma3-270m", "full", "probe")
+    assert (report["pair"], report["small"], report["large"], report["entropy_mode"], report["method"]) == (
+        "demo",
+        "smollm2-135m",
+        "gemma3-270m",
+        "full",
+        "probe",
+    )
     assert [(r["id"], r["mode"]) for r in records] == [(0, "small"), (1, "small"), (2, "small")]
     probe = report["probe"]
     assert probe["steps"] == sum(r["steps"] for r in records) >= 10
@@ -575,12 +754,28 @@ def test_demo_save_writes_beside_models_yaml_and_keeps_its_comments(demo):
     assert "# glimp models.yaml: named models" in demo["original"]
     entry = yaml.safe_load(saved.read_text())["pairs"]["demo"]
     assert (entry["threshold"], entry["entropy"], entry["data"], entry["problems"], entry["steps"]) == (
-        demo["report"]["threshold"], "full", str(GSM8K.resolve()), 3, demo["report"]["probe"]["steps"]
+        demo["report"]["threshold"],
+        "full",
+        str(GSM8K.resolve()),
+        3,
+        demo["report"]["probe"]["steps"],
     )
 
 
 def test_demo_probe_text_shows_histograms_quantiles_and_the_threshold(demo):
-    result = _glimp("calibrate", str(_gsm8k()), "--limit", "3", *E2E_CAPS, "--config", str(demo["config"]), "--out", str(demo["out"]), "--resume", home=demo["home"])
+    result = _glimp(
+        "calibrate",
+        str(_gsm8k()),
+        "--limit",
+        "3",
+        *E2E_CAPS,
+        "--config",
+        str(demo["config"]),
+        "--out",
+        str(demo["out"]),
+        "--resume",
+        home=demo["home"],
+    )
     assert result.returncode == 0, result.stderr
     out, threshold = result.stdout, demo["report"]["threshold"]
     assert "\x1b[" not in out
@@ -598,17 +793,46 @@ def test_demo_ask_and_bench_use_the_saved_threshold_unless_one_is_given(demo):
     assert json.loads(ask.stdout.splitlines()[0])["threshold"] == threshold
     given = _glimp("ask", NATALIA, "--json", *QUICK_ASK, "--threshold", "1.5", "--config", config, home=demo["home"])
     assert json.loads(given.stdout.splitlines()[0])["threshold"] == 1.5
-    bench = _glimp("bench", str(_gsm8k()), "--limit", "1", "--modes", "glimp", *QUICK_ASK, "--config", config, "--out", str(demo["home"] / "bench"), "--json", home=demo["home"])
+    bench = _glimp(
+        "bench",
+        str(_gsm8k()),
+        "--limit",
+        "1",
+        "--modes",
+        "glimp",
+        *QUICK_ASK,
+        "--config",
+        config,
+        "--out",
+        str(demo["home"] / "bench"),
+        "--json",
+        home=demo["home"],
+    )
     assert bench.returncode == 0, bench.stderr
     assert [c["label"] for c in json.loads(bench.stdout)["conditions"]] == [f"glimp@{threshold:g}"]
 
 
 def test_demo_too_few_steps_exits_2_saying_how_many(demo):
-    result = _glimp("calibrate", str(_gsm8k()), "--limit", "1", *E2E_CAPS, "--config", str(demo["config"]), "--out", str(demo["home"] / "one"), home=demo["home"])
+    result = _glimp(
+        "calibrate",
+        str(_gsm8k()),
+        "--limit",
+        "1",
+        *E2E_CAPS,
+        "--config",
+        str(demo["config"]),
+        "--out",
+        str(demo["home"] / "one"),
+        home=demo["home"],
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("[1/1] probe problem 1/1 id=0 ") and len(lines) == 2
-    assert lines[1].startswith("glimp: error: only ") and "steps collected from 1 problem: " in lines[1] and "needs at least 10" in lines[1]
+    assert (
+        lines[1].startswith("glimp: error: only ")
+        and "steps collected from 1 problem: " in lines[1]
+        and "needs at least 10" in lines[1]
+    )
 
 
 def test_demo_sweep_reproduces_what_the_probe_predicts(demo):
@@ -617,8 +841,23 @@ def test_demo_sweep_reproduces_what_the_probe_predicts(demo):
     above_all = threshold_for_rate(entropies, 0.0).threshold
     at_rate = threshold_for_rate(entropies, 0.25)
     result = _glimp(
-        "calibrate", str(_gsm8k()), "--limit", "3", *E2E_CAPS, "--config", str(demo["config"]), "--out", str(demo["out"]),
-        "--resume", "--sweep", "--rates", "0.25", "--thresholds", f"{above_all}", "--json", home=demo["home"],
+        "calibrate",
+        str(_gsm8k()),
+        "--limit",
+        "3",
+        *E2E_CAPS,
+        "--config",
+        str(demo["config"]),
+        "--out",
+        str(demo["out"]),
+        "--resume",
+        "--sweep",
+        "--rates",
+        "0.25",
+        "--thresholds",
+        f"{above_all}",
+        "--json",
+        home=demo["home"],
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -635,7 +874,9 @@ def test_demo_sweep_reproduces_what_the_probe_predicts(demo):
         # probe up to the first step sent to the large model.
         record = routed[(probe_record["id"], at_rate.threshold)]
         assert record["large_steps"] == large_steps_at(record["entropies"], at_rate.threshold)
-        first_large = next((i for i, e in enumerate(record["entropies"]) if e > at_rate.threshold), len(record["entropies"]) - 1)
+        first_large = next(
+            (i for i, e in enumerate(record["entropies"]) if e > at_rate.threshold), len(record["entropies"]) - 1
+        )
         assert record["entropies"][: first_large + 1] == probe_record["entropies"][: first_large + 1]
     assert rows[f"glimp@{at_rate.threshold:g}"]["probe_share"] == at_rate.share
     assert rows[f"glimp@{above_all:g}"]["large_step_share"] == 0.0
@@ -653,7 +894,9 @@ def test_a_save_that_cannot_be_written_still_prints_the_threshold_then_one_error
     monkeypatch.setattr(cli, "open_pair", lambda small, large: _pair())
     monkeypatch.setattr(calibration_file, "write_atomic", full_disk)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(sys, "argv", ["glimp", "calibrate", str(_data(tmp_path)), "--out", str(tmp_path / "out"), "--json", "--save"])
+    monkeypatch.setattr(
+        sys, "argv", ["glimp", "calibrate", str(_data(tmp_path)), "--out", str(tmp_path / "out"), "--json", "--save"]
+    )
     with pytest.raises(SystemExit) as exited:
         cli.main()
     out, err = capsys.readouterr()

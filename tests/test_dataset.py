@@ -12,7 +12,6 @@ from glimp_cli.dataset import Problem, file_sha256, load_problems
 from glimp_cli.errors import ConfigError, DataError
 
 
-
 def _jsonl(tmp_path: Path, *records, name: str = "data.jsonl") -> Path:
     path = tmp_path / name
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records), encoding="utf-8")
@@ -92,7 +91,10 @@ def test_a_record_without_an_answer_names_its_line_and_keys(tmp_path):
     path = _jsonl(tmp_path, {"problem": "q", "result": "1"})
     with pytest.raises(DataError) as caught:
         load_problems(path)
-    assert str(caught.value) == f"{path}:1: no answer: expected 'answer' or 'gold' or 'solution'; the record has 'problem', 'result' (set --answer-key)"
+    assert (
+        str(caught.value)
+        == f"{path}:1: no answer: expected 'answer' or 'gold' or 'solution'; the record has 'problem', 'result' (set --answer-key)"
+    )
 
 
 def test_an_explicit_key_that_is_absent_is_named(tmp_path):
@@ -113,7 +115,9 @@ def test_an_offset_past_the_end_is_refused(tmp_path):
         load_problems(path, offset=1)
 
 
-@pytest.mark.parametrize(("offset", "limit", "message"), [(-1, None, "--offset must be 0 or more"), (0, 0, "--limit must be positive")])
+@pytest.mark.parametrize(
+    ("offset", "limit", "message"), [(-1, None, "--offset must be 0 or more"), (0, 0, "--limit must be positive")]
+)
 def test_bad_offset_or_limit_is_a_config_error(tmp_path, offset, limit, message):
     path = _jsonl(tmp_path, {"problem": "q", "answer": "1"})
     with pytest.raises(ConfigError, match=message):
@@ -143,9 +147,18 @@ def test_bad_field_values_are_named(tmp_path, record, message):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"problem": "q\\ud800", "answer": "1"}', r":2: the problem text holds a lone surrogate, \\ud800 at character 2, which is not text"),
-        ('{"problem": "q", "answer": "\\udcff1"}', r":2: the answer holds a lone surrogate, \\udcff at character 1, which is not text"),
-        ('{"problem": "q", "answer": "1", "id": "a\\udfff"}', r":2: 'id' holds a lone surrogate, \\udfff at character 2"),
+        (
+            '{"problem": "q\\ud800", "answer": "1"}',
+            r":2: the problem text holds a lone surrogate, \\ud800 at character 2, which is not text",
+        ),
+        (
+            '{"problem": "q", "answer": "\\udcff1"}',
+            r":2: the answer holds a lone surrogate, \\udcff at character 1, which is not text",
+        ),
+        (
+            '{"problem": "q", "answer": "1", "id": "a\\udfff"}',
+            r":2: 'id' holds a lone surrogate, \\udfff at character 2",
+        ),
     ],
     ids=["problem", "answer", "id"],
 )
@@ -158,12 +171,14 @@ def test_a_lone_surrogate_escape_is_refused_with_its_line(tmp_path, line, messag
 
 def test_a_surrogate_pair_escape_is_text(tmp_path):
     [problem] = load_problems(_jsonl(tmp_path, '{"problem": "\\ud83d\\ude00 smile", "answer": "1"}'))
-    assert problem.text == "\U0001F600 smile"
+    assert problem.text == "\U0001f600 smile"
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_a_non_finite_answer_is_refused(tmp_path, value):
-    with pytest.raises(DataError, match=f":1: the answer must be a string or a finite number, got {value.lower().replace('inity', '')}"):
+    with pytest.raises(
+        DataError, match=f":1: the answer must be a string or a finite number, got {value.lower().replace('inity', '')}"
+    ):
         load_problems(_jsonl(tmp_path, f'{{"problem": "q", "answer": {value}}}'))
 
 
@@ -171,7 +186,10 @@ def test_a_non_finite_answer_is_refused(tmp_path, value):
     ("line", "message"),
     [
         ("[" * 100_000, r":1: not JSON: nested too deeply$"),
-        ('{"problem": "q", "answer": ' + "1" * 5000 + "}", r":1: not JSON: Exceeds the limit \(4300 digits\) for integer string conversion$"),
+        (
+            '{"problem": "q", "answer": ' + "1" * 5000 + "}",
+            r":1: not JSON: Exceeds the limit \(4300 digits\) for integer string conversion$",
+        ),
     ],
     ids=["deep-nesting", "huge-integer"],
 )

@@ -23,11 +23,17 @@ ASCII_TERMINALS = {
 
 
 def glimp(*args: str | bytes, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k not in ("GLIMP_DEBUG", "PYTHONIOENCODING", "LC_ALL", "LANG", "PYTHONUTF8")}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GLIMP_DEBUG", "PYTHONIOENCODING", "LC_ALL", "LANG", "PYTHONUTF8")
+    }
     environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     environ["XDG_CONFIG_HOME"] = str(cwd / "xdg")
     environ.update(env or {})
-    return subprocess.run([sys.executable, "-m", "glimp_cli", *args], capture_output=True, cwd=cwd, env=environ, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "glimp_cli", *args], capture_output=True, cwd=cwd, env=environ, timeout=120
+    )
 
 
 def _config(tmp_path: Path, pair: str) -> Path:
@@ -52,14 +58,23 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 def test_a_models_yaml_that_is_not_utf8_names_its_line_and_byte(tmp_path):
     config = tmp_path / "models.yaml"
     config.write_bytes(CONFIG.format(pair="p").encode() + b"    # caf\xe9 (Latin-1)\n")
-    assert error_line(glimp("models", "--config", str(config), cwd=tmp_path)) == f"{config}:10: not UTF-8 text (byte 0xe9): save the file as UTF-8"
+    assert (
+        error_line(glimp("models", "--config", str(config), cwd=tmp_path))
+        == f"{config}:10: not UTF-8 text (byte 0xe9): save the file as UTF-8"
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ask", b"caf\xe9?"], "argument 2, 'caf\\xe9?', is not UTF-8 (byte 0xe9): pass problems, names and file names as UTF-8"),
-        (["ask", "x", "--pair", b"d\xffmo"], "argument 4 (the value of --pair), 'd\\xffmo', is not UTF-8 (byte 0xff): "),
+        (
+            ["ask", b"caf\xe9?"],
+            "argument 2, 'caf\\xe9?', is not UTF-8 (byte 0xe9): pass problems, names and file names as UTF-8",
+        ),
+        (
+            ["ask", "x", "--pair", b"d\xffmo"],
+            "argument 4 (the value of --pair), 'd\\xffmo', is not UTF-8 (byte 0xff): ",
+        ),
         (["bench", b"\xff.jsonl"], "argument 2, '\\xff.jsonl', is not UTF-8 (byte 0xff): "),
     ],
     ids=["problem", "option-value", "file-name"],
@@ -76,10 +91,15 @@ def test_utf8_arguments_under_a_c_locale_are_read_as_utf8(tmp_path):
 
 def test_a_lone_surrogate_escape_in_benchmark_json_names_file_and_line(tmp_path):
     data = tmp_path / "data.jsonl"
-    data.write_text('{"problem": "fine", "answer": "1"}\n{"problem": "half an emoji \\ud83d", "answer": "2"}\n', encoding="utf-8")
+    data.write_text(
+        '{"problem": "fine", "answer": "1"}\n{"problem": "half an emoji \\ud83d", "answer": "2"}\n', encoding="utf-8"
+    )
     for command in ("bench", "calibrate"):
         message = error_line(glimp(command, str(data), "--out", str(tmp_path / "out"), cwd=tmp_path))
-        assert message == f"{data}:2: the problem text holds a lone surrogate, \\ud83d at character 15, which is not text: fix the record"
+        assert (
+            message
+            == f"{data}:2: the problem text holds a lone surrogate, \\ud83d at character 15, which is not text: fix the record"
+        )
         assert not (tmp_path / "out").exists()
 
 
@@ -109,7 +129,9 @@ def test_json_on_an_ascii_terminal_escapes_every_character(tmp_path, env):
 def test_an_error_on_an_ascii_terminal_is_one_line(tmp_path, env):
     config = _config(tmp_path, "démo-€")
     message = error_line(glimp("ask", "x", "--pair", "démo", "--config", str(config), env=env, cwd=tmp_path))
-    assert message == f"{config}: unknown pair 'd\\xe9mo' (did you mean 'd\\xe9mo-\\u20ac'?); configured: d\\xe9mo-\\u20ac"
+    assert (
+        message == f"{config}: unknown pair 'd\\xe9mo' (did you mean 'd\\xe9mo-\\u20ac'?); configured: d\\xe9mo-\\u20ac"
+    )
 
 
 def test_an_error_naming_a_value_with_line_breaks_stays_one_line(tmp_path, monkeypatch, capsys):

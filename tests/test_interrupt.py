@@ -36,7 +36,11 @@ def _start(*args: str, cwd: Path) -> subprocess.Popen:
     env.pop("GLIMP_DEBUG", None)
     return subprocess.Popen(
         [sys.executable, "-m", "glimp_cli", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=env,
     )
 
 

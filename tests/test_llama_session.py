@@ -32,9 +32,13 @@ def reference_entropy(logits, k=None) -> float:
 
 def reference_continuation(session, problem: str, n_tokens: int) -> tuple[str, list[int]]:
     """llama-cpp-python generating alone (its own loop, greedy) from the same prompt."""
-    llm = Llama(model_path=session._llm.model_path, n_ctx=session.spec.n_ctx, n_threads=2, logits_all=False, verbose=False)
+    llm = Llama(
+        model_path=session._llm.model_path, n_ctx=session.spec.n_ctx, n_threads=2, logits_all=False, verbose=False
+    )
     tokens = []
-    for token in llm.generate(session.prompt_tokens(problem), temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+    for token in llm.generate(
+        session.prompt_tokens(problem), temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0
+    ):
         if llm._model.token_eos() == token or len(tokens) >= n_tokens:
             break
         tokens.append(token)
@@ -104,7 +108,9 @@ def assert_is_the_models_own_continuation(summary, session, problem: str, role: 
         return
     assert thinking == reference
     parts = reference.split("\n\n")
-    assert [s.text for s in summary.steps] == [part + "\n\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    assert [s.text for s in summary.steps] == [part + "\n\n" for part in parts[:-1]] + (
+        [parts[-1]] if parts[-1] else []
+    )
 
 
 # Problem 5: in the README's CPU build, 8 small steps ending in EOS and 3 large steps ending at
@@ -115,16 +121,24 @@ PROBLEM = 5
 def test_small_mode_is_the_small_models_own_greedy_continuation(demo_pair):
     pair, small, large = demo_pair
     problem = gsm8k_problem(PROBLEM)
-    summary = run(problem, small=small, large=large, settings=router_settings(pair, sampling=GREEDY), policy=make_policy("small"))
+    summary = run(
+        problem, small=small, large=large, settings=router_settings(pair, sampling=GREEDY), policy=make_policy("small")
+    )
     assert_is_the_models_own_continuation(summary, small, problem, "small")
 
 
 def test_large_mode_is_the_large_models_own_greedy_continuation(demo_pair):
     pair, small, large = demo_pair
     problem = gsm8k_problem(PROBLEM)
-    summary = run(problem, small=small, large=large, settings=router_settings(pair, sampling=GREEDY), policy=make_policy("large"))
+    summary = run(
+        problem, small=small, large=large, settings=router_settings(pair, sampling=GREEDY), policy=make_policy("large")
+    )
     assert_is_the_models_own_continuation(summary, large, problem, "large")
-    assert summary.small.tokens == 0 and summary.small.decode_calls == 0 and summary.small.prefill_tokens == 0  # never probed
+    assert (
+        summary.small.tokens == 0 and summary.small.decode_calls == 0 and summary.small.prefill_tokens == 0
+    )  # never probed
+
+
 def test_routed_texts_agree_with_reference_up_to_the_first_delimiter_crossing(demo_pair):
     pair, small, large = demo_pair
     # "e" as the step delimiter: tokens such as " sell" run past it, so steps end mid-token
@@ -190,7 +204,9 @@ def test_mixed_run_caches_hold_the_same_transcript_and_nothing_is_prefilled_twic
 
 def test_same_seed_reproduces_a_sampled_run(demo_pair):
     pair, small, large = demo_pair
-    settings = dataclasses.replace(router_settings(pair, sampling=Sampling(temperature=0.6, top_p=0.95, seed=7)), thinking_budget=80)
+    settings = dataclasses.replace(
+        router_settings(pair, sampling=Sampling(temperature=0.6, top_p=0.95, seed=7)), thinking_budget=80
+    )
     first = run(NATALIA, small=small, large=large, settings=settings, policy=make_policy("glimp"))
     second = run(NATALIA, small=small, large=large, settings=settings, policy=make_policy("glimp"))
     assert [(s.model, s.text) for s in first.steps] == [(s.model, s.text) for s in second.steps]

@@ -20,12 +20,28 @@ from glimp_cli.config import PairSpec, load_config
 from glimp_cli.dataset import load_problems
 from glimp_cli.errors import GlimpError
 
-PROPERTIES = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTIES = settings(
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 VALID_CONFIG = "models:\n  s:\n    path: s.gguf\n  l:\n    path: l.gguf\npairs:\n  p:\n    small: s\n    large: l\n"
 CALIBRATION = {"pairs": {"p": {"small": "s", "large": "l", "threshold": 1.0, "entropy": "full"}}}
 PAIR_KEYS = [name for name in PairSpec.__dataclass_fields__ if name not in ("name", "small", "large")]
-MODEL_KEYS = ["path", "package", "file", "assemble", "hf", "prompt", "system", "think_prefix", "n_gpu_layers", "n_ctx", "n_threads", "n_batch", "flash_attn"]
+MODEL_KEYS = [
+    "path",
+    "package",
+    "file",
+    "assemble",
+    "hf",
+    "prompt",
+    "system",
+    "think_prefix",
+    "n_gpu_layers",
+    "n_ctx",
+    "n_threads",
+    "n_batch",
+    "flash_attn",
+]
 
 # Values YAML and JSON can carry: huge integers, NaN and infinities, lone surrogates, nesting.
 scalars = st.one_of(
@@ -37,7 +53,11 @@ scalars = st.one_of(
     st.text(),
     st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF) | st.characters(), max_size=5),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
 # YAML-looking text: its punctuation, keywords and the keys glimp reads, more often than random text has them.
 YAML_PIECES = [":", " ", "\n", "  ", "- ", "[", "]", "{", "}", ",", "#", "&a", "*a", "!!", "|", ">", "'", '"', "?", "---", "...", "%YAML",
                "null", "true", "1", "-1", ".nan", ".inf", "1e400", "\\ud800", "\t", "\x00", "\ufeff", "é",
@@ -150,4 +170,6 @@ def test_calibration_bytes_apply_or_are_a_glimp_error(directory, data):
 def test_any_value_of_a_calibration_key_applies_or_is_a_glimp_error(directory, key, value):
     calibration = json.loads(json.dumps(CALIBRATION))
     calibration["pairs"]["p"][key] = value
-    _reads_or_glimp_error(_apply_calibration, _file(directory, yaml.safe_dump(calibration, allow_unicode=False), CALIBRATION_FILENAME))
+    _reads_or_glimp_error(
+        _apply_calibration, _file(directory, yaml.safe_dump(calibration, allow_unicode=False), CALIBRATION_FILENAME)
+    )

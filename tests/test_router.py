@@ -17,7 +17,9 @@ from fakes import EOS, LN2, LN50, ScriptedSession, uniform_logits
 CONFIDENT = uniform_logits(2)  # ln 2 ~ 0.693 nats: at or below THRESHOLD
 UNSURE = uniform_logits(50)  # ln 50 ~ 3.912 nats: above THRESHOLD
 THRESHOLD = 2.0
-SETTINGS = router_settings(PairSpec("test", "small", "large", threshold=THRESHOLD, answer_stops=("\n",)), sampling=Sampling(seed=0))
+SETTINGS = router_settings(
+    PairSpec("test", "small", "large", threshold=THRESHOLD, answer_stops=("\n",)), sampling=Sampling(seed=0)
+)
 PROBLEM = "What is 6 * 7?"
 
 
@@ -57,7 +59,9 @@ def test_probe_events_carry_exact_entropies_and_choices():
     assert [p.entropy for p in probes] == pytest.approx([LN2, LN50, LN2, LN50], rel=1e-12)
     assert [p.model for p in probes] == ["small", "large", "small", "large"]
     assert all(p.threshold == THRESHOLD for p in probes)
-    assert [s.entropy for s in _summary(_route(*_alternating_pair())).steps] == pytest.approx([LN2, LN50, LN2, LN50], rel=1e-12)
+    assert [s.entropy for s in _summary(_route(*_alternating_pair())).steps] == pytest.approx(
+        [LN2, LN50, LN2, LN50], rel=1e-12
+    )
 
 
 def test_entropy_equal_to_threshold_keeps_the_step_small():
@@ -233,7 +237,10 @@ def test_step_cap_cuts_the_step_and_thinking_continues():
     large = ScriptedSession("large", steps=["42\n"])
     summary = _summary(_route(small, large, step_max_tokens=3))
     assert summary.finish_reason == "end_marker"
-    assert [(s.text, s.tokens, s.finish) for s in summary.steps] == [("abc", 3, "step_cap"), ("g</think>", 2, "end_marker")]
+    assert [(s.text, s.tokens, s.finish) for s in summary.steps] == [
+        ("abc", 3, "step_cap"),
+        ("g</think>", 2, "end_marker"),
+    ]
 
 
 def test_step_cut_by_context_room_stops_as_context():
@@ -330,7 +337,9 @@ def test_exactly_one_summary_and_it_is_last():
 def test_each_step_streams_probe_then_deltas_then_step():
     small, large = _alternating_pair()
     events = _route(small, large)
-    thinking = [e for e in events if not isinstance(e, (Answer, Summary)) and not (isinstance(e, Delta) and e.step == 0)]
+    thinking = [
+        e for e in events if not isinstance(e, (Answer, Summary)) and not (isinstance(e, Delta) and e.step == 0)
+    ]
     for index, group in itertools.groupby(thinking, key=lambda e: e.step if not isinstance(e, Step) else e.index):
         group = list(group)
         kinds = [type(e).__name__ for e in group]

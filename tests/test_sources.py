@@ -77,7 +77,11 @@ def test_glimp_models_with_a_home_that_cannot_be_written_lists_and_exits_0(tmp_p
     env.pop("XDG_CONFIG_HOME", None)
     result = subprocess.run(
         [sys.executable, "-m", "glimp_cli", "models", "--json"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     statuses = {m["name"]: m["status"] for m in json.loads(result.stdout)["models"]}

@@ -44,7 +44,11 @@ def test_a_new_directory_gets_run_json_with_the_fingerprint(tmp_path):
         assert store.records == []
         assert store.fingerprint["router"]["end_markers"] == ["</think>"]  # as JSON holds it
     run = json.loads((out / RUN_FILE).read_text())
-    assert run["fingerprint"] == {"pair": "demo", "sampling": {"temperature": 0.0, "seed": 0}, "router": {"end_markers": ["</think>"]}}
+    assert run["fingerprint"] == {
+        "pair": "demo",
+        "sampling": {"temperature": 0.0, "seed": 0},
+        "router": {"end_markers": ["</think>"]},
+    }
     assert set(run) == {"fingerprint", "created", "glimp"}
 
 
@@ -71,7 +75,9 @@ def test_resume_reads_earlier_results(tmp_path):
 
 def test_results_of_this_run_without_resume_are_refused(tmp_path):
     _store_with(tmp_path, _record(1))
-    with pytest.raises(DataError, match=r"already holds 1 results of this run: pass --resume to continue it, or --force to start over"):
+    with pytest.raises(
+        DataError, match=r"already holds 1 results of this run: pass --resume to continue it, or --force to start over"
+    ):
         open_store(tmp_path, fingerprint=FINGERPRINT)
 
 
@@ -144,7 +150,9 @@ def test_a_bad_line_before_the_last_is_an_error_with_its_number(tmp_path):
     results = tmp_path / RESULTS_FILE
     lines = results.read_text().splitlines()
     results.write_text("\n".join([lines[0], "garbage", lines[1]]) + "\n")
-    with pytest.raises(DataError, match=r"results\.jsonl:2: not a result record: fix or delete the line, or pass --force"):
+    with pytest.raises(
+        DataError, match=r"results\.jsonl:2: not a result record: fix or delete the line, or pass --force"
+    ):
         open_store(tmp_path, fingerprint=FINGERPRINT, resume=True)
 
 
@@ -159,7 +167,11 @@ def test_summaries_are_written_whole(tmp_path):
 def test_fingerprint_diff_lists_dotted_keys():
     old = {"a": 1, "b": {"c": 2, "d": [1]}}
     new = {"a": 1, "b": {"c": 3}, "e": "x"}
-    assert fingerprint_diff(old, new) == ["b.c: 2 then, 3 now", "e: '(unset)' then, 'x' now", "b.d: [1] then, '(unset)' now"]
+    assert fingerprint_diff(old, new) == [
+        "b.c: 2 then, 3 now",
+        "e: '(unset)' then, 'x' now",
+        "b.d: [1] then, '(unset)' now",
+    ]
 
 
 # --- one run at a time ---------------------------------------------------------------------------
@@ -216,7 +228,9 @@ def _holding_process(directory: Path) -> subprocess.Popen:
     """Another process with `directory` open as a store (one record written), waiting to be killed."""
     process = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(directory)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert process.stdout.readline() == "locked\n"
     return process

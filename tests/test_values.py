@@ -52,7 +52,11 @@ class NumberOption:
         if self.high is not None:
             values.append(f"{self.high:g}" if self.high_open else f"{self.high + (1 if self.integer else 0.001):g}")
         if self.integer:
-            values += ["1.5", "0x10", "99999999999999999999999999999" if self.high is not None else "-99999999999999999999"]
+            values += [
+                "1.5",
+                "0x10",
+                "99999999999999999999999999999" if self.high is not None else "-99999999999999999999",
+            ]
         if self.is_list:
             values += [",", " , ", "0.5,abc", "0.5,nan"]
         return values
@@ -72,7 +76,11 @@ def number_options() -> list[NumberOption]:
     found = []
     for command_name, function in COMMANDS.items():
         click_command = typer.main.get_command(cli.app).commands[command_name]
-        names = {param.name: next(opt for opt in param.opts if opt.startswith("--")) for param in click_command.params if param.opts[0].startswith("-")}
+        names = {
+            param.name: next(opt for opt in param.opts if opt.startswith("--"))
+            for param in click_command.params
+            if param.opts[0].startswith("-")
+        }
         for param, hint in typing.get_type_hints(function, include_extras=True).items():
             if param not in names:
                 continue  # an argument
@@ -81,13 +89,21 @@ def number_options() -> list[NumberOption]:
             bounds = getattr(parser, "bounds", None) or getattr(getattr(parser, "element", None), "bounds", None)
             if base is bool or (base not in (int, float) and bounds is None):
                 continue  # a flag, a name or a path
-            assert base is int or bounds is not None, f"{command_name} {names[param]}: a float option needs a number(...) parser (NaN and inf)"
+            assert base is int or bounds is not None, (
+                f"{command_name} {names[param]}: a float option needs a number(...) parser (NaN and inf)"
+            )
             if bounds is not None:
                 low, high, low_open, high_open = bounds
             else:
                 low, high, low_open, high_open = info.min, info.max, False, False
-            assert low is not None or high is not None, f"{command_name} {names[param]}: a numeric option must declare its range"
-            found.append(NumberOption(command_name, names[param], base is int, hasattr(parser, "element"), low, high, low_open, high_open))
+            assert low is not None or high is not None, (
+                f"{command_name} {names[param]}: a numeric option must declare its range"
+            )
+            found.append(
+                NumberOption(
+                    command_name, names[param], base is int, hasattr(parser, "element"), low, high, low_open, high_open
+                )
+            )
     return found
 
 
@@ -100,7 +116,16 @@ def test_the_options_found_include_every_known_numeric_option():
     shared = {"--temperature", "--top-p", "--seed", "--max-step-tokens", "--thinking-budget"}
     assert {("ask", name) for name in {"--threshold", "--rate", *shared}} <= found
     assert {("bench", name) for name in {"--threshold", "--rate", "--limit", "--offset", *shared}} <= found
-    calibrate = {"--target-rate", "--thresholds", "--rates", "--max-latency", "--margin", "--limit", "--offset", *shared}
+    calibrate = {
+        "--target-rate",
+        "--thresholds",
+        "--rates",
+        "--max-latency",
+        "--margin",
+        "--limit",
+        "--offset",
+        *shared,
+    }
     assert {("calibrate", name) for name in calibrate} <= found
 
 
@@ -119,8 +144,14 @@ def _data(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("option", "value"), CASES, ids=[f"{o.command} {o.name}={_short(v)}" for o, v in CASES])
-def test_a_bad_number_on_the_command_line_is_refused_naming_the_option(tmp_path, monkeypatch, capsys, no_model_loads, option, value):
-    head = ["ask", "What is 2 + 3?"] if option.command == "ask" else [option.command, str(_data(tmp_path)), "--out", str(tmp_path / "out")]
+def test_a_bad_number_on_the_command_line_is_refused_naming_the_option(
+    tmp_path, monkeypatch, capsys, no_model_loads, option, value
+):
+    head = (
+        ["ask", "What is 2 + 3?"]
+        if option.command == "ask"
+        else [option.command, str(_data(tmp_path)), "--out", str(tmp_path / "out")]
+    )
     code, err = run_main(monkeypatch, capsys, *head, f"{option.name}={value}")
     assert code == 2, err
     assert "Traceback" not in err
@@ -141,7 +172,9 @@ def _numeric_keys(spec) -> list[tuple[str, Bounds]]:
     for field in dataclasses.fields(spec):
         kind = str(field.type).removesuffix(" | None")
         if kind in ("int", "float"):
-            assert isinstance(checks.get(field.name), Bounds), f"{spec.__name__}.{field.name}: a numeric key needs a Bounds check"
+            assert isinstance(checks.get(field.name), Bounds), (
+                f"{spec.__name__}.{field.name}: a numeric key needs a Bounds check"
+            )
             keys.append((field.name, checks[field.name]))
     return keys
 
@@ -169,12 +202,18 @@ YAML_CASES = [
 
 def test_the_keys_found_include_every_known_numeric_key():
     found = {(section, key) for section, key, _ in YAML_CASES}
-    assert {("pairs", k) for k in ("threshold", "top_k", "step_max_tokens", "thinking_budget", "answer_max_tokens")} <= found
+    assert {
+        ("pairs", k) for k in ("threshold", "top_k", "step_max_tokens", "thinking_budget", "answer_max_tokens")
+    } <= found
     assert {("models", k) for k in ("n_ctx", "n_batch", "n_threads", "n_gpu_layers")} <= found
 
 
-@pytest.mark.parametrize(("section", "key", "value"), YAML_CASES, ids=[f"{s}.{k}={_short(v)}" for s, k, v in YAML_CASES])
-def test_a_bad_number_in_models_yaml_is_one_line_with_file_line_and_key(tmp_path, monkeypatch, capsys, section, key, value):
+@pytest.mark.parametrize(
+    ("section", "key", "value"), YAML_CASES, ids=[f"{s}.{k}={_short(v)}" for s, k, v in YAML_CASES]
+)
+def test_a_bad_number_in_models_yaml_is_one_line_with_file_line_and_key(
+    tmp_path, monkeypatch, capsys, section, key, value
+):
     if section == "models":
         text, line = CONFIG_HEAD + f"    {key}: {value}\n" + CONFIG_TAIL, 4
     else:
@@ -191,20 +230,27 @@ def test_a_bad_number_in_models_yaml_is_one_line_with_file_line_and_key(tmp_path
 # --- glimp-calibration.yaml -------------------------------------------------------------------------
 
 CALIBRATION_CASES = [
-    *[("threshold", value) for value in ["-1", "-0.5", "abc", ".nan", ".inf", "-.inf", "", "true", "[1]", "'1.0'", "9" * 400]],
+    *[
+        ("threshold", value)
+        for value in ["-1", "-0.5", "abc", ".nan", ".inf", "-.inf", "", "true", "[1]", "'1.0'", "9" * 400]
+    ],
     *[("entropy", value) for value in ["abc", "", "1", "[full]"]],
 ]
 
 
 @pytest.mark.parametrize(("key", "value"), CALIBRATION_CASES, ids=[f"{k}={_short(v)}" for k, v in CALIBRATION_CASES])
-def test_a_bad_value_in_the_calibration_file_is_one_line_with_file_line_and_key(tmp_path, monkeypatch, capsys, key, value):
+def test_a_bad_value_in_the_calibration_file_is_one_line_with_file_line_and_key(
+    tmp_path, monkeypatch, capsys, key, value
+):
     config = tmp_path / "models.yaml"
     config.write_text(CONFIG_HEAD + CONFIG_TAIL, encoding="utf-8")
     entry = {"small": "s", "large": "l", "threshold": 1.5, "entropy": "full"}
     text = yaml.safe_dump({"pairs": {"p": entry}}, sort_keys=False).replace(f"{key}: {entry[key]}", f"{key}: {value}")
     calibration = tmp_path / CALIBRATION_FILENAME
     calibration.write_text(text, encoding="utf-8")
-    line = next(number for number, text_line in enumerate(text.splitlines(), start=1) if text_line.startswith(f"    {key}:"))
+    line = next(
+        number for number, text_line in enumerate(text.splitlines(), start=1) if text_line.startswith(f"    {key}:")
+    )
     code, err = run_main(monkeypatch, capsys, "models", "--config", str(config))
     assert code == 2, err
     message = one_error_line(err)
