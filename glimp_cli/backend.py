@@ -179,7 +179,8 @@ class LlamaSession:
             template = self._llm.metadata.get("tokenizer.chat_template")
             if not template:
                 raise ConfigError(
-                    f"model '{self.spec.name}' has no chat template in its GGUF file: set 'prompt' for it in models.yaml"
+                    f"model '{self.spec.name}' has no chat template in its GGUF file: "
+                    "set 'prompt' for it in models.yaml"
                 )
             self._formatter = Jinja2ChatFormatter(
                 template=template,

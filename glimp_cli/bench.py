@@ -547,7 +547,8 @@ def summary_caption(summary: dict[str, Any]) -> str:
     overhead = summary.get("overhead") or {}
     if overhead.get("share") is not None:
         parts.append(
-            f"outside generation {overhead['median_s'] * 1000:.1f} ms/problem median ({overhead['share']:.2%} of wall time)"
+            f"outside generation {overhead['median_s'] * 1000:.1f} ms/problem median "
+            f"({overhead['share']:.2%} of wall time)"
         )
     return " · ".join(parts)
 

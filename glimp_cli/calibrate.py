@@ -127,7 +127,8 @@ def check_enough_steps(steps: int, rates: Iterable[float], *, problems: int, fai
         shown = ", ".join(f"{rate:g}" for rate in rates)
         failures = f' ({failed} more could not be run: see "error" in results.jsonl)' if failed else ""
         raise DataError(
-            f"only {steps} steps collected from {problems} problem{'s' if problems != 1 else ''}{failures}: a threshold for a large-step share of {shown} "
+            f"only {steps} steps collected from {problems} problem{'s' if problems != 1 else ''}{failures}: "
+            f"a threshold for a large-step share of {shown} "
             f"needs at least {needed}; raise --limit (with --resume the problems already run are kept)"
         )
 
@@ -182,11 +183,13 @@ def make_plan(
         raise ConfigError("--thresholds and --rates give the candidates of a sweep: add --sweep")
     if sweep and not (threshold_values or rate_values):
         raise ConfigError(
-            "--sweep has no thresholds to try: pass --thresholds (nats, e.g. 0.5,1,1.5) or --rates (large-step shares, e.g. 0.1,0.2,0.3)"
+            "--sweep has no thresholds to try: pass --thresholds (nats, e.g. 0.5,1,1.5) "
+            "or --rates (large-step shares, e.g. 0.1,0.2,0.3)"
         )
     if objective not in OBJECTIVES:
         raise ConfigError(
-            f"--objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'{did_you_mean(objective, OBJECTIVES)}"
+            f"--objective must be one of {', '.join(OBJECTIVES)}, "
+            f"got '{objective}'{did_you_mean(objective, OBJECTIVES)}"
         )
     if not max_latency > 0:
         raise ConfigError(
@@ -245,7 +248,8 @@ def run_probe(
         record = store.get(PROBE.key(problem.id))
         if record is not None and PROBE_KEY not in record:
             raise DataError(
-                f"{store.results_path}: the small result of problem {problem.id!r} has no probe entropies: pass --force to start over"
+                f"{store.results_path}: the small result of problem {problem.id!r} has no probe entropies: "
+                "pass --force to start over"
             )
     run_condition(plan, PROBE, small=small, large=large, store=store, on_progress=on_progress)
     return [store.get(PROBE.key(problem.id)) for problem in plan.problems]

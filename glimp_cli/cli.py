@@ -160,7 +160,8 @@ SeedOpt = Annotated[
         "--seed",
         min=0,
         max=MAX_SEED,
-        help="Random seed (0 to 4294967295) for sampling and --mode random; a benchmark derives each problem's seed from it and the problem id.",
+        help="Random seed (0 to 4294967295) for sampling and --mode random; "
+        "a benchmark derives each problem's seed from it and the problem id.",
     ),
 ]
 MaxStepTokensOpt = Annotated[Optional[int], typer.Option("--max-step-tokens", min=1, help="Cap on one step's tokens.")]
@@ -490,7 +491,8 @@ def calibrate(
         str,
         typer.Option(
             "--objective",
-            help="Sweep choice: accuracy (most accurate within --max-latency) or latency (fastest within --margin of large's accuracy).",
+            help="Sweep choice: accuracy (most accurate within --max-latency) "
+            "or latency (fastest within --margin of large's accuracy).",
         ),
     ] = "accuracy",
     max_latency: Annotated[
@@ -513,7 +515,8 @@ def calibrate(
         bool,
         typer.Option(
             "--save",
-            help="Record the threshold in glimp-calibration.yaml for `glimp ask` and `glimp bench` (models.yaml is not changed).",
+            help="Record the threshold in glimp-calibration.yaml for `glimp ask` and `glimp bench` "
+            "(models.yaml is not changed).",
         ),
     ] = False,
     problem_key: ProblemKeyOpt = None,
@@ -618,7 +621,8 @@ def main() -> None:
         if replaced:
             err.print(
                 f"glimp: warning: {len(replaced)} character(s) could not be shown in this terminal's encoding "
-                f"({sys.stdout.encoding}) and were printed as '?': set PYTHONIOENCODING=utf-8 or a UTF-8 locale to see them",
+                f"({sys.stdout.encoding}) and were printed as '?': "
+                "set PYTHONIOENCODING=utf-8 or a UTF-8 locale to see them",
                 markup=False,
                 soft_wrap=True,
             )

@@ -88,14 +88,16 @@ class Config:
         name = name or self.default_pair
         if name not in self.pairs:
             raise ConfigError(
-                f"{self.path}: unknown pair '{name}'{did_you_mean(name, self.pairs)}; configured: {', '.join(self.pairs)}"
+                f"{self.path}: unknown pair '{name}'{did_you_mean(name, self.pairs)}; "
+                f"configured: {', '.join(self.pairs)}"
             )
         return self.pairs[name]
 
     def model(self, name: str) -> ModelSpec:
         if name not in self.models:
             raise ConfigError(
-                f"{self.path}: unknown model '{name}'{did_you_mean(name, self.models)}; configured: {', '.join(self.models)}"
+                f"{self.path}: unknown model '{name}'{did_you_mean(name, self.models)}; "
+                f"configured: {', '.join(self.models)}"
             )
         return self.models[name]
 
@@ -341,7 +343,8 @@ def _fields_of(body: Any, fields: dict[str, dataclasses.Field], key_path: tuple[
         key = str(key)
         if key not in fields:
             raise ConfigError(
-                f"{where(*key_path, key)}: unknown key '{key}' in {key_path[0][:-1]} '{key_path[1]}'{did_you_mean(key, fields)}"
+                f"{where(*key_path, key)}: unknown key '{key}' "
+                f"in {key_path[0][:-1]} '{key_path[1]}'{did_you_mean(key, fields)}"
             )
         values[key] = _coerce(value, fields[key], where(*key_path, key))
     return values
@@ -352,7 +355,8 @@ def _build_model(name: str, body: Any, where, base_dir: Path) -> ModelSpec:
     sources = [k for k in ("path", "package", "hf") if values.get(k)]
     if len(sources) != 1:
         raise ConfigError(
-            f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf (has {', '.join(sources) or 'none'})"
+            f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf "
+            f"(has {', '.join(sources) or 'none'})"
         )
     if values.get("package") and not (values.get("file") or values.get("assemble")):
         raise ConfigError(

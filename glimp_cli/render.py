@@ -131,7 +131,8 @@ class LiveRenderer:
 
 def summary_table(summary: Summary, names: dict[str, str]) -> Table:
     table = Table(
-        title=f"{len(summary.steps)} steps · finish: {summary.finish_reason} · large share {summary.large_step_rate:.0%}"
+        title=f"{len(summary.steps)} steps · finish: {summary.finish_reason} "
+        f"· large share {summary.large_step_rate:.0%}"
     )
     for column in ("model", "steps", "tokens", "prefill tokens", "decode calls"):
         table.add_column(column, justify="left" if column == "model" else "right")

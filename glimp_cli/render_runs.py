@@ -40,7 +40,8 @@ class BenchDisplay:
             self.console.print("interrupted before the first result", markup=False)
         elif exc_type is KeyboardInterrupt:
             self.console.print(
-                f"interrupted: finished results stay in {self.out / 'results.jsonl'}, their summary in {self.out / 'summary.md'}; "
+                f"interrupted: finished results stay in {self.out / 'results.jsonl'}, "
+                f"their summary in {self.out / 'summary.md'}; "
                 "rerun with --resume to continue",
                 markup=False,
                 soft_wrap=True,
@@ -95,7 +96,8 @@ class BenchDisplay:
             verdict = "correct" if record["correct"] else "wrong"
             verdict += f" (predicted {record['predicted']!r}, gold {record['gold']!r}) {record['latency_s']:.2f} s"
         self.console.print(
-            f"[{progress.done}/{progress.total}] {progress.condition.label} problem {progress.position}/{progress.problems} "
+            f"[{progress.done}/{progress.total}] {progress.condition.label} "
+            f"problem {progress.position}/{progress.problems} "
             f"id={record['id']} {verdict} · acc {progress.accuracy:.1%} ({progress.correct}/{progress.scored})",
             markup=False,
             highlight=False,
@@ -180,7 +182,8 @@ def histogram_view(probe: dict[str, Any], mode: str, *, configured: bool):
         text.append(f"{' ' * (BAR_WIDTH - length)} {row['steps']}")
         if not marked and row["low"] <= threshold < row["high"]:
             text.append(
-                f"\n{'':11} ┄┄ {threshold:g} nats: small at or below ({BAR_CHARS['small']}), large above ({BAR_CHARS['large']})",
+                f"\n{'':11} ┄┄ {threshold:g} nats: small at or below ({BAR_CHARS['small']}), "
+                f"large above ({BAR_CHARS['large']})",
                 style="dim",
             )
             marked = True
@@ -211,7 +214,10 @@ def quantile_table(report: dict[str, Any]):
             table.add_row(mode, *numbers, "-", "-", "-")
     at_rate = probe["modes"][report["entropy_mode"]]["threshold"]
     if at_rate:
-        table.caption = f"threshold: round({at_rate['rate']:g} × {at_rate['steps']}) = {at_rate['target_steps']} steps strictly above it (halves round up)"
+        table.caption = (
+            f"threshold: round({at_rate['rate']:g} × {at_rate['steps']}) = {at_rate['target_steps']} "
+            "steps strictly above it (halves round up)"
+        )
         if not all(body["threshold"]["exact"] for body in probe["modes"].values()):
             table.caption += "; * ties at the boundary: the closest achievable count"
     return table
@@ -244,7 +250,9 @@ def sweep_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
 def sweep_table(report: dict[str, Any]):
     table = Table(
         title=f"glimp calibrate sweep: {Path(report['data']).name} ({report['entropy_mode']} entropy)",
-        caption=f"rate: the probe share a threshold came from · ★ Pareto-optimal (nothing both more accurate and faster) · ◀ chosen: {report['sweep']['rule']}",
+        caption="rate: the probe share a threshold came from "
+        "· ★ Pareto-optimal (nothing both more accurate and faster) "
+        f"· ◀ chosen: {report['sweep']['rule']}",
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
         pad_edge=False,
@@ -271,7 +279,13 @@ def choice_line(report: dict[str, Any]) -> str:
             + (")" if at_rate["exact"] else "; ties at the boundary make this the closest count)")
         )
     else:
-        line = f"threshold {report['threshold']:g} nats ({report['entropy_mode']} entropy): {report['sweep']['rule']}, routed large-step share {report['large_share']:.1%}"
+        line = (
+            f"threshold {report['threshold']:g} nats ({report['entropy_mode']} entropy): {report['sweep']['rule']}, "
+            f"routed large-step share {report['large_share']:.1%}"
+        )
     if report["saved"]:
-        line += f"\nsaved to {report['saved']}: `glimp ask` and `glimp bench` use it for pair {report['pair']} unless --threshold is given"
+        line += (
+            f"\nsaved to {report['saved']}: `glimp ask` and `glimp bench` "
+            f"use it for pair {report['pair']} unless --threshold is given"
+        )
     return line

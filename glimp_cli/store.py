@@ -152,7 +152,8 @@ def _open_locked(
             )
         if not resume:
             raise DataError(
-                f"{directory} already holds {len(records)} results of this run: pass --resume to continue it, or --force to start over"
+                f"{directory} already holds {len(records)} results of this run: "
+                "pass --resume to continue it, or --force to start over"
             )
     if repaired is not None:
         write_atomic(results, repaired)

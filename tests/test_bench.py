@@ -258,9 +258,8 @@ def test_summary_markdown_has_one_row_per_condition(tmp_path):
     markdown = (tmp_path / "out" / SUMMARY_MD).read_text()
     assert markdown == summary_markdown(summary)
     rows = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert (
-        rows[0]
-        == "| mode | n | accuracy | ± se | mean s | median s | vs large | large steps | large tokens | tokens/s | finish |"
+    assert rows[0] == (
+        "| mode | n | accuracy | ± se | mean s | median s | vs large | large steps | large tokens | tokens/s | finish |"
     )
     assert [row.split(" | ")[0] for row in rows[1:]] == ["| glimp@1", "| small", "| large", "| random@0.250"]
     assert rows[2].split(" | ")[2:4] == ["66.7%", "27.2%"]  # small: 2 of 3, se sqrt(2/9 / 3)
@@ -358,7 +357,8 @@ def test_display_reports_skipped_results_and_how_to_resume_after_an_interrupt(tm
         _run(tmp_path, modes="large", n=2, pair=pair, resume=True, on_progress=display)
     assert out.getvalue().splitlines() == [
         "skipped 1 results already in runs/x/results.jsonl",
-        "interrupted: finished results stay in runs/x/results.jsonl, their summary in runs/x/summary.md; rerun with --resume to continue",
+        "interrupted: finished results stay in runs/x/results.jsonl, their summary in runs/x/summary.md; "
+        "rerun with --resume to continue",
     ]
 
 
@@ -394,7 +394,10 @@ def test_condition_labels():
 
 # --- a problem that cannot be run ------------------------------------------------------------------
 
-TOO_LONG = "the problem does not fit model 'small': its prompt is 5000 tokens, plus 288 reserved for generation, and n_ctx is 4096; raise n_ctx in models.yaml"
+TOO_LONG = (
+    "the problem does not fit model 'small': its prompt is 5000 tokens, plus 288 reserved for generation, "
+    "and n_ctx is 4096; raise n_ctx in models.yaml"
+)
 
 
 def _pair_failing_on(problem: str, error: Exception, n: int = 3):
@@ -453,7 +456,8 @@ def test_the_summary_counts_failed_problems_and_names_them(tmp_path):
     ]
     markdown = (tmp_path / "out" / SUMMARY_MD).read_text()
     assert markdown.endswith(
-        f"| random@0.250 |{markdown.rsplit('| random@0.250 |', 1)[1].splitlines()[0]}\n\nfailed: id 'p1' (line 2) in glimp@1, small, large, random@0.250: {TOO_LONG}\n"
+        f"| random@0.250 |{markdown.rsplit('| random@0.250 |', 1)[1].splitlines()[0]}\n\n"
+        f"failed: id 'p1' (line 2) in glimp@1, small, large, random@0.250: {TOO_LONG}\n"
     )
     assert "| answer_marker 2, error 1 |" in markdown
 
@@ -739,8 +743,8 @@ def test_sigint_midway_then_resume_gives_one_record_per_problem_and_mode(tmp_pat
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert (
-        f"interrupted: finished results stay in {results}, their summary in {out / SUMMARY_MD}; rerun with --resume to continue"
-        in stderr
+        f"interrupted: finished results stay in {results}, their summary in {out / SUMMARY_MD}; "
+        "rerun with --resume to continue" in stderr
     )
     finished = _records(out)
     assert 1 <= len(finished) < 4

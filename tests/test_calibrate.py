@@ -127,7 +127,8 @@ def test_rate_zero_is_above_every_entropy_and_rate_one_below():
 def test_too_few_steps_says_how_many_were_collected():
     with pytest.raises(
         DataError,
-        match=r"^only 4 steps collected from 1 problem: a threshold for a large-step share of 0.25 needs at least 10; raise --limit",
+        match=r"^only 4 steps collected from 1 problem: "
+        r"a threshold for a large-step share of 0.25 needs at least 10; raise --limit",
     ):
         calibrate.check_enough_steps(4, [0.25], problems=1)
     assert calibrate.steps_needed(0.05) == 20

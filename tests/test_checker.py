@@ -7,9 +7,6 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_DATA, GSM8K
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 from glimp_cli.checker import (
     extract_answer,
     gold_answer,

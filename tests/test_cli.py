@@ -116,7 +116,8 @@ def test_models_lists_models_pairs_and_file_status():
 def test_models_reports_a_missing_file_without_failing(tmp_path):
     config = write_config(
         tmp_path,
-        "models:\n  a:\n    path: nowhere.gguf\n  b:\n    path: nowhere.gguf\npairs:\n  p:\n    small: a\n    large: b\n",
+        "models:\n  a:\n    path: nowhere.gguf\n  b:\n    path: nowhere.gguf\n"
+        "pairs:\n  p:\n    small: a\n    large: b\n",
     )
     result = glimp("models", "--json", "--config", str(config))
     assert result.returncode == 0
@@ -126,7 +127,8 @@ def test_models_reports_a_missing_file_without_failing(tmp_path):
 def test_missing_model_file_is_one_line_exit_2(tmp_path):
     config = write_config(
         tmp_path,
-        "models:\n  a:\n    path: nowhere.gguf\n  b:\n    path: nowhere.gguf\npairs:\n  p:\n    small: a\n    large: b\n",
+        "models:\n  a:\n    path: nowhere.gguf\n  b:\n    path: nowhere.gguf\n"
+        "pairs:\n  p:\n    small: a\n    large: b\n",
     )
     assert_one_line_error(glimp("ask", "x", "--config", str(config)), "model 'a'", "file not found", "nowhere.gguf")
 

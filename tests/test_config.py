@@ -211,9 +211,9 @@ def test_model_without_a_source_is_rejected(tmp_path):
 
 def test_package_without_file_or_assemble_is_rejected(tmp_path):
     message = _config_error(tmp_path, VALID.replace("path: small.gguf", "package: some-package"))
-    assert (
-        message
-        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' names a package: add 'file' (path inside it) or 'assemble: true'"
+    assert message == (
+        f"{tmp_path / 'models.yaml'}:2: model 'small-m' names a package: "
+        "add 'file' (path inside it) or 'assemble: true'"
     )
 
 

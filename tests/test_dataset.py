@@ -91,9 +91,9 @@ def test_a_record_without_an_answer_names_its_line_and_keys(tmp_path):
     path = _jsonl(tmp_path, {"problem": "q", "result": "1"})
     with pytest.raises(DataError) as caught:
         load_problems(path)
-    assert (
-        str(caught.value)
-        == f"{path}:1: no answer: expected 'answer' or 'gold' or 'solution'; the record has 'problem', 'result' (set --answer-key)"
+    assert str(caught.value) == (
+        f"{path}:1: no answer: expected 'answer' or 'gold' or 'solution'; "
+        "the record has 'problem', 'result' (set --answer-key)"
     )
 
 

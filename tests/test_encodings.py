@@ -96,9 +96,9 @@ def test_a_lone_surrogate_escape_in_benchmark_json_names_file_and_line(tmp_path)
     )
     for command in ("bench", "calibrate"):
         message = error_line(glimp(command, str(data), "--out", str(tmp_path / "out"), cwd=tmp_path))
-        assert (
-            message
-            == f"{data}:2: the problem text holds a lone surrogate, \\ud83d at character 15, which is not text: fix the record"
+        assert message == (
+            f"{data}:2: the problem text holds a lone surrogate, \\ud83d at character 15, "
+            "which is not text: fix the record"
         )
         assert not (tmp_path / "out").exists()
 

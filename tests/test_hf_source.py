@@ -46,9 +46,9 @@ def test_pull_is_the_only_path_that_may_download(fake_hub):
 def test_hf_model_missing_from_the_cache_says_how_to_get_it(fake_hub):
     with pytest.raises(ModelFileError) as raised:
         resolve_model_path(ModelSpec(name="m", hf="owner/repo/other.gguf"))
-    assert (
-        str(raised.value)
-        == "model 'm': cannot get owner/repo/other.gguf: FileNotFoundError (not in the local cache; run 'glimp pull NAME' to download it)"
+    assert str(raised.value) == (
+        "model 'm': cannot get owner/repo/other.gguf: FileNotFoundError "
+        "(not in the local cache; run 'glimp pull NAME' to download it)"
     )
 
 

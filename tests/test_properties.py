@@ -59,12 +59,14 @@ values = st.recursive(
     max_leaves=8,
 )
 # YAML-looking text: its punctuation, keywords and the keys glimp reads, more often than random text has them.
-YAML_PIECES = [":", " ", "\n", "  ", "- ", "[", "]", "{", "}", ",", "#", "&a", "*a", "!!", "|", ">", "'", '"', "?", "---", "...", "%YAML",
-               "null", "true", "1", "-1", ".nan", ".inf", "1e400", "\\ud800", "\t", "\x00", "\ufeff", "é",
-               "models", "pairs", "default_pair", "path", "threshold", "n_ctx", "small", "large", "p", "s", "l"]  # fmt: skip
+YAML_PIECES = [":", " ", "\n", "  ", "- ", "[", "]", "{", "}", ",", "#", "&a", "*a", "!!", "|", ">", "'", '"', "?",
+               "---", "...", "%YAML", "null", "true", "1", "-1", ".nan", ".inf", "1e400", "\\ud800", "\t", "\x00",
+               "\ufeff", "é", "models", "pairs", "default_pair", "path", "threshold", "n_ctx", "small", "large",
+               "p", "s", "l"]  # fmt: skip
 yaml_like = st.lists(st.sampled_from(YAML_PIECES), max_size=40).map("".join)
-JSON_PIECES = ['{', '}', '[', ']', ':', ',', '"', '"problem"', '"answer"', '"id"', '"q"', "1", "-0", "1e999", "NaN", "Infinity", "null",
-               "true", "\\ud800", "\\u", "\\", " ", "\n", "\r\n", "\u2028", "\x85", "é", "\x00"]  # fmt: skip
+JSON_PIECES = ['{', '}', '[', ']', ':', ',', '"', '"problem"', '"answer"', '"id"', '"q"', "1", "-0", "1e999", "NaN",
+               "Infinity", "null", "true", "\\ud800", "\\u", "\\", " ", "\n", "\r\n", "\u2028", "\x85", "é",
+               "\x00"]  # fmt: skip
 json_like = st.lists(st.sampled_from(JSON_PIECES), max_size=40).map("".join)
 
 
