@@ -1,18 +1,10 @@
-"""benchmarks/calls.py's reading of a run of one-token calls: which positions cost more."""
+"""benchmarks/diagnostics/calls.py's reading of a run of one-token calls: which positions cost more."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import llama_cpp  # noqa: F401  # isort: skip  (before numpy, as everywhere)
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))  # calls.py imports perf.py beside it
-_spec = importlib.util.spec_from_file_location("glimp_calls", BENCHMARKS / "calls.py")
-calls = sys.modules["glimp_calls"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(calls)
+from benchmarks.diagnostics import calls
 
 
 def test_dear_calls_are_the_ones_well_above_the_calls_around_them():
@@ -26,3 +18,8 @@ def test_no_dear_calls_in_a_run_that_only_wanders():
     seconds = [1.0 + 0.01 * (i % 7) for i in range(40)]
     assert calls.dear_calls(0, seconds) == []
     assert calls.dear_calls(0, seconds, factor=1.001) != []  # the threshold is what decides
+
+
+def test_repeated_tokens_fill_any_length_from_a_short_prompt():
+    assert calls.repeated_tokens([7, 8, 9], 7) == [7, 8, 9, 7, 8, 9, 7]
+    assert calls.repeated_tokens([7, 8, 9], 2) == [7, 8]

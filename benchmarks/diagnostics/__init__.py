@@ -1,0 +1,1 @@
+"""Diagnostics that time single llama.cpp calls: `python -m benchmarks.diagnostics.calls`."""
