@@ -26,12 +26,12 @@ import llama_cpp  # isort: skip  # before numpy, as in glimp_cli.backend
 
 from glimp_cli.backend import backend_info, open_session
 from glimp_cli.calibrate import threshold_for_rate
-from glimp_cli.config import PACKAGED_CONFIG, load_config
+from glimp_cli.config import PACKAGED_CONFIG, load_config, router_settings
 from glimp_cli.dataset import load_problems
 from glimp_cli.errors import GlimpError
 from glimp_cli.events import ModelTotals
 from glimp_cli.policy import make_policy
-from glimp_cli.router import RouterSettings, run, settings_from_pair
+from glimp_cli.router import RouterSettings, run
 from glimp_cli.session import Sampling
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k.jsonl"
@@ -161,8 +161,14 @@ def decode_loops(small, large, settings: RouterSettings, log: CallLog, *, n_toke
     """Figure 1: one prompt and token count through glimp's loop, then llama-cpp-python's, `repeats` times."""
     # one long step that only the token count (or EOS) ends, and no answer
     long_step = dataclasses.replace(
-        settings, step_max_tokens=n_tokens, thinking_budget=n_tokens, answer_by="small", answer_max_tokens=0,
-        delimiter="\x00", end_markers=(), answer_markers=(),
+        settings,
+        step_max_tokens=n_tokens,
+        thinking_budget=n_tokens,
+        answer_by="small",
+        answer_max_tokens=0,
+        delimiter="\x00",
+        end_markers=(),
+        answer_markers=(),
     )
     figures = {}
     for role, session in (("small", small), ("large", large)):
@@ -226,8 +232,10 @@ def headline(problems, small, large, settings: RouterSettings, log: CallLog, *, 
         return [sum(value(s, inside) for i, m, s, inside in runs if (i, m) == (n, mode)) for n in range(repeats)]
 
     seconds = {mode: per_pass(mode, lambda s, _: s.latency_s) for mode in ("glimp", "large")}
-    ideal = {mode: per_pass(mode, lambda s, _: ideal_seconds({"small": s.small, "large": s.large}, rates))
-             for mode in seconds}
+    ideal = {
+        mode: per_pass(mode, lambda s, _: ideal_seconds({"small": s.small, "large": s.large}, rates))
+        for mode in seconds
+    }
     outside = {mode: per_pass(mode, lambda s, inside: s.latency_s - inside) for mode in seconds}
     steps = per_pass("glimp", lambda s, _: len(s.steps))[0]
     large_steps = per_pass("glimp", lambda s, _: sum(step.model == "large" for step in s.steps))[0]
@@ -270,23 +278,35 @@ def print_report(report: dict) -> None:
     print(f"glimp performance: medians (min-max) of {report['repeats']} repeats")
     for role in ("small", "large"):
         r = d[role]
-        print(f"1. decode loop, {role}, glimp / llama-cpp-python [>= 0.97]: {figure(r['ratio'])}; "
-              f"{r['glimp_tps']['median']:.1f} vs {r['llama_cpp_tps']['median']:.1f} tok/s ({r['tokens']} tokens)")
-    print(f"2. glimp / large latency at {h['large_step_share']:.0%} large steps (threshold {h['threshold']:g}): "
-          f"{figure(h['ratio'])}; ideal {figure(h['ideal_ratio'])}, measured / ideal {figure(h['ratio_over_ideal'])}; "
-          f"{h['seconds']['glimp']['median']:.1f} s vs {h['seconds']['large']['median']:.1f} s")
-    print(f"   latency over its ideal, routed runs [<= 1.05]: {figure(h['seconds_over_ideal']['glimp'])}; "
-          f"large-only runs {figure(h['seconds_over_ideal']['large'])}")
-    print(f"3. time outside llama.cpp, routed runs [<= 2%]: {figure(h['outside_share']['glimp'], '.2%')}, "
-          f"{figure(h['outside_ms_per_step'], '.2f')} ms per step; large-only runs "
-          f"{figure(h['outside_share']['large'], '.2%')}")
+        print(
+            f"1. decode loop, {role}, glimp / llama-cpp-python [>= 0.97]: {figure(r['ratio'])}; "
+            f"{r['glimp_tps']['median']:.1f} vs {r['llama_cpp_tps']['median']:.1f} tok/s ({r['tokens']} tokens)"
+        )
+    print(
+        f"2. glimp / large latency at {h['large_step_share']:.0%} large steps (threshold {h['threshold']:g}): "
+        f"{figure(h['ratio'])}; ideal {figure(h['ideal_ratio'])}, measured / ideal {figure(h['ratio_over_ideal'])}; "
+        f"{h['seconds']['glimp']['median']:.1f} s vs {h['seconds']['large']['median']:.1f} s"
+    )
+    print(
+        f"   latency over its ideal, routed runs [<= 1.05]: {figure(h['seconds_over_ideal']['glimp'])}; "
+        f"large-only runs {figure(h['seconds_over_ideal']['large'])}"
+    )
+    print(
+        f"3. time outside llama.cpp, routed runs [<= 2%]: {figure(h['outside_share']['glimp'], '.2%')}, "
+        f"{figure(h['outside_ms_per_step'], '.2f')} ms per step; large-only runs "
+        f"{figure(h['outside_share']['large'], '.2%')}"
+    )
     for role in ("small", "large"):
         outside = d[role]["outside_share"]
-        print(f"   decode loop, {role}: glimp {figure(outside['glimp'], '.2%')}, "
-              f"llama-cpp-python {figure(outside['llama_cpp'], '.2%')}")
+        print(
+            f"   decode loop, {role}: glimp {figure(outside['glimp'], '.2%')}, "
+            f"llama-cpp-python {figure(outside['llama_cpp'], '.2%')}"
+        )
     m = report["machine"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores, llama-cpp-python {m['llama_cpp_python']}, "
-          f"GPU offload {m['gpu_offload']}; {m['system_info']}")
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, llama-cpp-python {m['llama_cpp_python']}, "
+        f"GPU offload {m['gpu_offload']}; {m['system_info']}"
+    )
 
 
 def positive_int(text: str) -> int:
@@ -312,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     pair = config.pair(args.pair)
     problems = load_problems(args.data, limit=args.problems)
-    settings = settings_from_pair(pair, sampling=GREEDY)  # the only place the pair's routing settings are read
+    settings = router_settings(pair, sampling=GREEDY)  # the only place the pair's routing settings are read
     small, large = open_session(config.model(pair.small)), open_session(config.model(pair.large))
     report = {"pair": args.pair, "repeats": args.repeats, "machine": machine()}
     with CallLog({"small": small, "large": large}) as log:

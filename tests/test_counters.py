@@ -15,7 +15,8 @@ import pytest
 
 from glimp_cli.events import Probe, Step
 from glimp_cli.policy import make_policy
-from glimp_cli.router import route, settings_from_pair
+from glimp_cli.config import router_settings
+from glimp_cli.router import route
 from glimp_cli.session import Sampling
 
 from conftest import gsm8k_problem
@@ -53,7 +54,7 @@ def mixed_run(request, demo_pair):
     """(events, {model: its cache after the run}) of a routed run with steps by both models."""
     pair, small, large = demo_pair
     problem, threshold = request.param
-    settings = dataclasses.replace(settings_from_pair(pair, sampling=GREEDY), threshold=threshold)
+    settings = dataclasses.replace(router_settings(pair, sampling=GREEDY), threshold=threshold)
     policy = make_policy("glimp")
     events = list(route(gsm8k_problem(problem), small=small, large=large, settings=settings, policy=policy))
     return events, {"small": cache_after_run(small), "large": cache_after_run(large)}

@@ -15,7 +15,8 @@ import pytest
 from benchmarks import perf
 from glimp_cli.events import ModelTotals
 from glimp_cli.policy import make_policy
-from glimp_cli.router import run, settings_from_pair
+from glimp_cli.config import router_settings
+from glimp_cli.router import run
 from glimp_cli.session import Sampling
 
 from conftest import NATALIA, gsm8k_problem
@@ -92,7 +93,7 @@ def test_call_log_sees_every_decode_of_a_routed_run_and_who_made_it(demo_pair):
     """The log agrees with the sessions' counters, call by call; the probe reads the logits once a step."""
     pair, small, large = demo_pair
     original = [getattr(llama_cpp, name) for name in READS]
-    settings = dataclasses.replace(settings_from_pair(pair, sampling=Sampling(temperature=0.0)), threshold=math.inf)
+    settings = dataclasses.replace(router_settings(pair, sampling=Sampling(temperature=0.0)), threshold=math.inf)
     with perf.CallLog({"small": small, "large": large}) as log:
         with log.recording() as calls:
             summary = run(gsm8k_problem(0), small=small, large=large, settings=settings, policy=make_policy("glimp"))
@@ -114,5 +115,8 @@ def test_call_log_sees_every_decode_of_a_routed_run_and_who_made_it(demo_pair):
     reads = collections.Counter((c.model, c.function) for c in calls if c.tokens == 0)
     # the probe reads the small model's logits once per step, and no one else reads them directly
     assert reads[("small", "llama_get_logits_ith")] == len(summary.steps) == 1
-    assert set(reads) == {("small", "llama_get_logits_ith"), ("small", "llama_sampler_sample"),
-                          ("large", "llama_sampler_sample")}
+    assert set(reads) == {
+        ("small", "llama_get_logits_ith"),
+        ("small", "llama_sampler_sample"),
+        ("large", "llama_sampler_sample"),
+    }

@@ -70,8 +70,10 @@ def along_context(session, positions: int) -> tuple[int, list[float]]:
     llm = session._llm
     prompt = session.prompt_tokens(PROMPT)
     if positions <= len(prompt) + AFTER_BATCH:
-        raise SystemExit(f"error: --positions {positions} ends inside the prompt of model '{session.name}' "
-                         f"({len(prompt)} tokens): raise it")
+        raise SystemExit(
+            f"error: --positions {positions} ends inside the prompt of model '{session.name}' "
+            f"({len(prompt)} tokens): raise it"
+        )
     tokens = repeated_tokens(prompt, positions)
     llm.n_tokens = 0
     timed_eval(llm, prompt)
@@ -108,10 +110,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.diagnostics.calls", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=PACKAGED_CONFIG, help="models.yaml with the pair to measure")
     parser.add_argument("--pair", default="demo", help="pair name in the config")
-    parser.add_argument("--depths", type=_sizes, default="64,256,512,1024",
-                        help="sizes of the multi-token calls, comma-separated")
-    parser.add_argument("--positions", type=int, default=1100,
-                        help="one-token calls along the context up to this position")
+    parser.add_argument(
+        "--depths", type=_sizes, default="64,256,512,1024", help="sizes of the multi-token calls, comma-separated"
+    )
+    parser.add_argument(
+        "--positions", type=int, default=1100, help="one-token calls along the context up to this position"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timings of each call after a batch; the median is shown")
     parser.add_argument("--json", action="store_true", help="print the timings as JSON")
     args = parser.parse_args()
@@ -135,19 +139,25 @@ def main() -> int:
         return 0
     for role in ("small", "large"):
         r = report[role]
-        print(f"{role}: one-token calls after a multi-token call of n tokens from position 0 "
-              f"(ms, medians of {args.rounds})")
+        print(
+            f"{role}: one-token calls after a multi-token call of n tokens from position 0 "
+            f"(ms, medians of {args.rounds})"
+        )
         for depth, times in r["after_batch_s"].items():
             steady = statistics.median(times[1 + AFTER_BATCH :])  # past the call and the calls after it
             then = " ".join(f"{t * 1e3:5.2f}" for t in times[1:7])
             print(f"  n={depth:>5}: call {times[0] * 1e3:7.2f}; then {then} ...; steady {steady * 1e3:.2f}")
         seconds = r["along_context"]["seconds"]
         dear = ", ".join(f"{p} (+{extra * 1e3:.2f} ms)" for p, extra in r["dear_calls"]) or "no position"
-        print(f"  along the context, from position {r['along_context']['first_position']}: "
-              f"median {statistics.median(seconds) * 1e3:.2f} ms; dearer calls at {dear}")
+        print(
+            f"  along the context, from position {r['along_context']['first_position']}: "
+            f"median {statistics.median(seconds) * 1e3:.2f} ms; dearer calls at {dear}"
+        )
     m = report["machine"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores, llama-cpp-python {m['llama_cpp_python']}, "
-          f"GPU offload compiled in: {m['gpu_offload']}")
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, llama-cpp-python {m['llama_cpp_python']}, "
+        f"GPU offload compiled in: {m['gpu_offload']}"
+    )
     return 0
 
 
