@@ -127,15 +127,14 @@ def make_plan(
         )
     mode_names = tuple(dict.fromkeys(modes))
     threshold_values = tuple(dict.fromkeys(thresholds)) if thresholds else (settings.threshold,)
-    rate_value = rate
-    make_policy("random", rate=rate_value)  # the same range check as `glimp ask --rate`
+    make_policy("random", rate=rate)  # the same range check as `glimp ask --rate`
     problems = load_problems(data, problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit)
     return BenchPlan(
         data=Path(data),
         problems=tuple(problems),
         modes=mode_names,
         thresholds=threshold_values,
-        rate=rate_value,
+        rate=rate,
         settings=settings,
         problem_key=problem_key,
         answer_key=answer_key,

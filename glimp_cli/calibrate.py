@@ -176,7 +176,6 @@ def make_plan(
     for rate in (target_rate, *(rates or ())):
         if not 0.0 < rate < 1.0:
             raise ConfigError(f"a large-step share must be between 0 and 1 (exclusive), got {rate:g}")
-    target = target_rate
     threshold_values = tuple(dict.fromkeys(thresholds or ()))
     rate_values = tuple(dict.fromkeys(rates or ()))
     if not sweep and (thresholds is not None or rates is not None):
@@ -197,7 +196,6 @@ def make_plan(
         )
     if not 0 <= margin <= 1:
         raise ConfigError(f"--margin is an accuracy difference between 0 and 1, got {margin:g}")
-    max_latency_value, margin_value = max_latency, margin
     plan = make_bench_plan(
         data,
         settings=settings,
@@ -209,13 +207,13 @@ def make_plan(
     )
     return CalibrationPlan(
         bench=plan,
-        target_rate=target,
+        target_rate=target_rate,
         sweep=sweep,
         thresholds=threshold_values,
         rates=rate_values,
         objective=objective,
-        max_latency=max_latency_value,
-        margin=margin_value,
+        max_latency=max_latency,
+        margin=margin,
     )
 
 
