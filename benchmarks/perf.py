@@ -185,7 +185,7 @@ def decode_loops(small, large, settings: RouterSettings, log: CallLog, *, n_toke
             alone_tps.append(tokens / alone_s)
         figures[role] = {
             "tokens": tokens,
-            "ratio": spread([g / a for g, a in zip(glimp_tps, alone_tps)]),  # each glimp run against the next
+            "ratio": spread([g / a for g, a in zip(glimp_tps, alone_tps)]),  # each glimp run against the one after it
             "glimp_tps": spread(glimp_tps),
             "llama_cpp_tps": spread(alone_tps),
             "outside_share": {loop: spread(shares) for loop, shares in outside.items()},

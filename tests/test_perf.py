@@ -120,3 +120,45 @@ def test_call_log_sees_every_decode_of_a_routed_run_and_who_made_it(demo_pair):
         ("small", "llama_sampler_sample"),
         ("large", "llama_sampler_sample"),
     }
+
+
+def test_report_prints_each_figure_with_its_range_and_target(capsys):
+    s = perf.spread
+    decode = {
+        "tokens": 256,
+        "ratio": s([0.99, 0.98, 1.0]),
+        "glimp_tps": s([80.0]),
+        "llama_cpp_tps": s([81.0]),
+        "outside_share": {"glimp": s([0.0125]), "llama_cpp": s([0.005])},
+    }
+    headline = {
+        "threshold": 3.036,
+        "large_step_share": 0.25,
+        "seconds": {"glimp": s([40.0]), "large": s([56.0])},
+        "ratio": s([0.7, 0.75, 0.71]),
+        "ideal_ratio": s([0.73]),
+        "ratio_over_ideal": s([0.97]),
+        "seconds_over_ideal": {"glimp": s([1.03]), "large": s([1.05])},
+        "outside_share": {"glimp": s([0.011, 0.0115]), "large": s([0.006])},
+        "outside_ms_per_step": s([6.25]),
+    }
+    machine = {"cpu": "x86_64", "cores": 2, "llama_cpp_python": "0.3.36", "gpu_offload": False, "system_info": "AVX2"}
+    perf.print_report(
+        {"repeats": 3, "decode": {"small": decode, "large": decode}, "headline": headline, "machine": machine}
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (
+        "1. decode loop, small, glimp / llama-cpp-python [>= 0.97]: 0.990 (0.980-1.000); "
+        "80.0 vs 81.0 tok/s (256 tokens)"
+    )
+    assert lines[3] == (
+        "2. glimp / large latency at 25% large steps (threshold 3.036): 0.710 (0.700-0.750); "
+        "ideal 0.730 (0.730-0.730), measured / ideal 0.970 (0.970-0.970); 40.0 s vs 56.0 s"
+    )
+    assert lines[4] == (
+        "   latency over its ideal, routed runs [<= 1.05]: 1.030 (1.030-1.030); large-only runs 1.050 (1.050-1.050)"
+    )
+    assert lines[5] == (
+        "3. time outside llama.cpp, routed runs [<= 2%]: 1.12% (1.10%-1.15%), "
+        "6.25 (6.25-6.25) ms per step; large-only runs 0.60% (0.60%-0.60%)"
+    )
