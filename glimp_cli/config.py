@@ -172,21 +172,24 @@ def override_pair(pair: PairSpec, overrides: Mapping[str, Any], *, names: Mappin
         names: the option that set each key, for the error message (e.g. "--max-step-tokens").
     """
     given = {key: value for key, value in overrides.items() if value is not None}
-    for key, value in given.items():
-        problem = PAIR_CHECKS[key](value) if key in PAIR_CHECKS else None
-        if problem:
-            raise ConfigError(f"{names.get(key, key)} {problem}, got {value!r}")
+    check_values(PAIR_CHECKS, given, label=lambda key: names.get(key, key))
     return dataclasses.replace(pair, **given)
 
 
 def check_sampling(sampling: Sampling, *, names: Mapping[str, str]) -> Sampling:
     """The sampling settings, or a ConfigError naming the option whose value is out of range."""
-    for key, check in SAMPLING_CHECKS.items():
-        value = getattr(sampling, key)
-        problem = check(value)
-        if problem:
-            raise ConfigError(f"{names.get(key, key)} {problem}, got {value!r}")
+    values = {key: getattr(sampling, key) for key in SAMPLING_CHECKS}
+    check_values(SAMPLING_CHECKS, values, label=lambda key: names.get(key, key))
     return sampling
+
+
+def check_values(checks: Mapping[str, Check], values: Mapping[str, Any], *, label: Callable[[str], str]) -> None:
+    """A ConfigError for the first value its check refuses: '<label(key)> <what is wrong>, got <value>'."""
+    for key, value in values.items():
+        check = checks.get(key)
+        problem = check(value) if check is not None else None
+        if problem:
+            raise ConfigError(f"{label(key)} {problem}, got {value!r}")
 
 
 def router_settings(pair: PairSpec, *, sampling: Sampling) -> RouterSettings:
@@ -362,10 +365,7 @@ def _build_model(name: str, body: Any, where, base_dir: Path) -> ModelSpec:
         raise ConfigError(
             f"{where('models', name)}: model '{name}' names a package: add 'file' (path inside it) or 'assemble: true'"
         )
-    for key, value in values.items():
-        problem = MODEL_CHECKS[key](value) if key in MODEL_CHECKS else None
-        if problem:
-            raise ConfigError(f"{where('models', name, key)}: {key} {problem}, got {value!r}")
+    check_values(MODEL_CHECKS, values, label=lambda key: f"{where('models', name, key)}: {key}")
     return ModelSpec(name=name, base_dir=str(base_dir), **values)
 
 
@@ -377,8 +377,5 @@ def _build_pair(name: str, body: Any, where, models: dict[str, ModelSpec]) -> Pa
             raise ConfigError(f"{where('pairs', name)}: pair '{name}' needs '{role}'")
         if model not in models:
             raise ConfigError(f"{where('pairs', name, role)}: unknown model '{model}'{did_you_mean(model, models)}")
-    for key, value in values.items():
-        problem = PAIR_CHECKS[key](value) if key in PAIR_CHECKS else None
-        if problem:
-            raise ConfigError(f"{where('pairs', name, key)}: {key} {problem}, got {value!r}")
+    check_values(PAIR_CHECKS, values, label=lambda key: f"{where('pairs', name, key)}: {key}")
     return PairSpec(name=name, **values)
