@@ -25,6 +25,7 @@ from glimp_cli.errors import ConfigError, ContextError, ModelFileError, RunError
 from glimp_cli.generation import Proposal, generate
 from glimp_cli.session import Counters, FirstToken, Sampling, StepOutput
 from glimp_cli.sources import resolve_model_path
+from glimp_cli.thinking import ThinkLayout, open_think_block, think_layout
 
 MAX_DEFAULT_THREADS = 8
 PIECE_BUFFER_BYTES = 256
@@ -154,13 +155,17 @@ class LlamaSession:
         self._one.batch.seq_id[0][0] = 0
         self._one.batch.logits[0] = True
         self.counters = Counters()
+        # A reasoning model's prompt opens its think block; from models.yaml's think_prefix or the GGUF template.
+        template = self._llm.metadata.get("tokenizer.chat_template") if spec.prompt is None else None
+        self.think: ThinkLayout | None = think_layout(think_prefix=spec.think_prefix, template=template)
 
     entropy_modes = ENTROPY_MODES  # the full logits are at hand: both modes
 
     # -- prompt and transcript -------------------------------------------------
 
     def render_prompt(self, problem: str) -> str:
-        """The model's prompt: `prompt` template from models.yaml, else its GGUF chat template."""
+        """The model's prompt: `prompt` template from models.yaml, else its GGUF chat template rendered with
+        thinking switched on; a reasoning model's prompt ends with its think block opened exactly once."""
         spec = self.spec
         if spec.prompt is not None:
             prompt = spec.prompt.replace("{problem}", problem)
@@ -168,10 +173,9 @@ class LlamaSession:
             messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + [
                 {"role": "user", "content": problem}
             ]
-            prompt = self._chat_formatter()(messages=messages).prompt
-        if spec.think_prefix and not prompt.endswith(spec.think_prefix):
-            prompt += spec.think_prefix
-        return prompt
+            # enable_thinking: R1-Distill's template closes the think block at once without it
+            prompt = self._chat_formatter()(messages=messages, enable_thinking=True).prompt
+        return open_think_block(prompt, self.think)
 
     def _chat_formatter(self) -> Jinja2ChatFormatter:
         """The GGUF chat template, compiled once per session (not once per problem)."""
@@ -307,10 +311,12 @@ class LlamaSession:
         self._flush()
         return llama_cpp.llama_sampler_sample(self._sampler.sampler, self._llm.ctx, -1)
 
-    def _piece(self, token: int, *, special: bool = False) -> str:
+    def _piece(self, token: int, *, special: bool = True) -> str:
         return self._piece_bytes(token, special=special).decode("utf-8", errors="replace")
 
-    def _piece_bytes(self, token: int, *, special: bool = False) -> bytes:
+    def _piece_bytes(self, token: int, *, special: bool = True) -> bytes:
+        """A token's text; special tokens too (`<|im_start|>`), so that the transcript holds every token the
+        cache holds, and the other model, which tokenizes the transcript with special tokens on, reads the same."""
         key = (token, special)
         piece = self._pieces.get(key)
         if piece is None:  # memoized: this runs once per generated token

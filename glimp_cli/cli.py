@@ -21,6 +21,7 @@ from rich.table import Table
 
 from glimp_cli.calibration_file import apply_calibration, calibration_path, save_calibration
 from glimp_cli.config import (
+    DEFAULT_N_CTX,
     Config,
     ModelSpec,
     PairSpec,
@@ -226,7 +227,6 @@ class RunOptions:
         config = load_config(find_config(self.config))
         if calibrated:  # a saved `glimp calibrate` threshold; --threshold still wins
             config = apply_calibration(config)
-        pair, small, large = resolve_pair(config, pair=self.pair, small=self.small, large=self.large)
         overrides = {
             "threshold": self.threshold,
             "entropy": self.entropy,
@@ -234,26 +234,51 @@ class RunOptions:
             "thinking_budget": self.thinking_budget,
             "answer_by": self.answer_by,
         }
-        pair = override_pair(pair, overrides, names=OPTION_NAMES)
+        pair, small, large = resolve_pair(
+            config, pair=self.pair, small=self.small, large=self.large, overrides=overrides
+        )
         sampling = check_sampling(
             Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed), names=OPTION_NAMES
         )
         return config, pair, small, large, router_settings(pair, sampling=sampling)
 
 
+FILES_PAIR = "files"  # the pair of two .gguf files given without --pair
+PROMPT_ROOM_TOKENS = 1024  # a model file's context: the thinking budget and the answer, plus this for the prompt
+
+
 def resolve_pair(
-    config: Config, *, pair: str | None, small: str | None, large: str | None
+    config: Config,
+    *,
+    pair: str | None,
+    small: str | None,
+    large: str | None,
+    overrides: dict[str, object] | None = None,
 ) -> tuple[PairSpec, ModelSpec, ModelSpec]:
-    """The pair from models.yaml with --small/--large applied (names or .gguf paths)."""
-    spec = config.pair(pair)
-    small_spec = _model_arg(config, small or spec.small)
-    large_spec = _model_arg(config, large or spec.large)
+    """The pair from models.yaml with the command line's overrides and --small/--large (names or .gguf paths).
+
+    Two .gguf files without --pair take glimp's own routing defaults (the original implementation's settings:
+    8192 thinking tokens, 512-token steps), not the default pair's, which suit the demo models.
+    """
+    if pair is None and small is not None and large is not None and _is_file(small) and _is_file(large):
+        spec = PairSpec(name=FILES_PAIR, small=small, large=large)
+    else:
+        spec = config.pair(pair)
+    spec = override_pair(spec, overrides or {}, names=OPTION_NAMES)
+    small_spec = _model_arg(config, small or spec.small, pair=spec)
+    large_spec = _model_arg(config, large or spec.large, pair=spec)
     return dataclasses.replace(spec, small=small_spec.name, large=large_spec.name), small_spec, large_spec
 
 
-def _model_arg(config: Config, value: str) -> ModelSpec:
-    if value.endswith(".gguf") or os.sep in value:
-        return ModelSpec(name=Path(value).stem, path=str(Path(value).resolve()))
+def _is_file(value: str) -> bool:
+    return value.endswith(".gguf") or os.sep in value
+
+
+def _model_arg(config: Config, value: str, *, pair: PairSpec) -> ModelSpec:
+    """A model named in models.yaml, or a .gguf file with a context that holds the pair's thinking and answer."""
+    if _is_file(value):
+        n_ctx = max(DEFAULT_N_CTX, pair.thinking_budget + pair.answer_max_tokens + PROMPT_ROOM_TOKENS)
+        return ModelSpec(name=Path(value).stem, path=str(Path(value).resolve()), n_ctx=n_ctx)
     return config.model(value)
 
 

@@ -39,7 +39,7 @@ class ModelSpec:
     hf: str | None = None  # "owner/repo/file.gguf", downloaded only when asked
     prompt: str | None = None  # template with {problem}; else the GGUF chat template
     system: str | None = None  # system message for the chat template
-    think_prefix: str = ""  # appended to the prompt to open a reasoning block, e.g. "<think>\n"
+    think_prefix: str | None = None  # opens the think block ("<think>\n"; "" none); unset: from the chat template
     n_gpu_layers: int = -1  # -1: all layers on the GPU when a GPU backend is compiled in
     n_ctx: int = DEFAULT_N_CTX
     n_threads: int | None = None  # None: all cores, up to 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -19,10 +20,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _entropy_of(logits: np.ndarray) -> float:
-    logp = log_softmax(logits)
-    p = np.exp(logp)
-    # 0 * log 0 is 0, not nan, for masked (-inf) entries; multiplying only where p > 0 avoids a RuntimeWarning
-    return float(-np.sum(np.multiply(p, logp, out=np.zeros_like(p), where=p > 0.0)))
+    """H = log Z - sum(e * x) / Z over shifted logits x and e = exp(x), in float64: three passes over the
+    vocabulary (1.4-2.5 ms for Qwen's 151,936 entries on a 2-core CPU; the README says how to measure it)."""
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - np.max(x)
+    e = np.exp(shifted)
+    z = float(np.sum(e))
+    with np.errstate(invalid="ignore"):
+        weighted = float(np.dot(e, shifted))
+    if math.isnan(weighted):  # a masked (-inf) logit: 0 * -inf; its term is 0
+        weighted = float(np.dot(e, np.where(e > 0.0, shifted, 0.0)))
+    return max(0.0, math.log(z) - weighted / z)  # rounding can leave a certain token at -1e-17
 
 
 def full_entropy(logits: np.ndarray) -> float:
@@ -35,8 +43,7 @@ def topk_entropy(logits: np.ndarray, *, k: int = DEFAULT_TOP_K) -> float:
     x = np.asarray(logits)
     if k >= x.size:
         return _entropy_of(x)
-    top = x[np.argpartition(x, -k)[-k:]]
-    return _entropy_of(top)
+    return _entropy_of(np.partition(x, x.size - k)[-k:])
 
 
 def initial_token_entropies(logits: np.ndarray, *, top_k: int = DEFAULT_TOP_K) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Generator, Iterator
@@ -48,6 +49,7 @@ def route(problem: str, *, small: Session, large: Session, settings: RouterSetti
             f"(it measures {', '.join(small.entropy_modes)}): set entropy to one of those"
         )
     sessions = {"small": small, "large": large}
+    settings = _with_think_close(settings, sessions.values())  # before the stop strings are built
     for session in sessions.values():
         session.start(problem, sampling=settings.sampling, reserve=settings.reserve)
     rng = random.Random(settings.sampling.seed)
@@ -147,6 +149,16 @@ def run(problem: str, **kwargs) -> Summary:
     return summary
 
 
+def _with_think_close(settings: RouterSettings, sessions) -> RouterSettings:
+    """The settings for reasoning models: the thinking ends at their think-close tag (whichever model writes
+    it, as one added token or as text), not at an answer marker, which they write after it."""
+    closes = [s.think.close for s in sessions if s.think is not None]
+    if not closes:
+        return settings
+    extra = tuple(dict.fromkeys(c for c in closes if c not in settings.end_markers))
+    return dataclasses.replace(settings, end_markers=settings.end_markers + extra, answer_markers=())
+
+
 def _stream(pieces: Generator[str, None, StepOutput], *, step: int, model: str) -> Generator[Delta, None, StepOutput]:
     """Pass a session's text pieces on as Delta events; return its StepOutput."""
     while True:
@@ -185,6 +197,10 @@ def _answer(
         # The thinking stopped inside "\boxed{": the answerer continues from there.
         lead = next(m for m in settings.answer_markers if transcript.endswith(m))
         prefix = ""
+    elif answerer.think is not None:
+        # A reasoning model answers after its think block: closed by the thinking, or here for it (the original's
+        # "\n</think>\n\n" when the budget ran out).
+        prefix = ("" if finish_reason == "end_marker" else answerer.think.forced_close) + settings.answer_prefix
     answerer.catch_up(transcript + prefix)
     max_tokens = max(0, min(settings.answer_max_tokens, answerer.context_room() - 1))
     out = yield from _stream(

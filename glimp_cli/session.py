@@ -6,6 +6,8 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from glimp_cli.thinking import ThinkLayout
+
 DEFAULT_TEMPERATURE = 0.6
 DEFAULT_TOP_P = 0.95
 DEFAULT_SEED = 0
@@ -48,6 +50,7 @@ class Session(Protocol):
 
     counters: Counters
     entropy_modes: tuple[str, ...]  # what probe() can measure: "full" (whole vocabulary), "topk"
+    think: ThinkLayout | None  # a reasoning model: its prompt opens the think block; None: no think block
 
     def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
         """Reset to this problem's prompt and a fresh sampler; check `reserve` tokens fit after it."""

@@ -22,6 +22,7 @@ import numpy as np
 from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
 from glimp_cli.generation import Proposal, generate
 from glimp_cli.session import Counters, FirstToken, Sampling, StepOutput
+from glimp_cli.thinking import ThinkLayout
 
 EOS = object()  # end-of-sequence marker inside a scripted step
 EOS_TEXT = "</s>"
@@ -60,8 +61,10 @@ class ScriptedSession:
         logits: Sequence[Sequence[float]] = (),
         n_ctx: int = DEFAULT_N_CTX,
         prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+        think: ThinkLayout | None = None,
     ) -> None:
         self.name = name
+        self.think = think
         self._steps = [list(entry) for entry in steps]  # a str becomes one piece per character
         self._logits = [np.asarray(row, dtype=np.float32) for row in logits]
         self._n_ctx = n_ctx

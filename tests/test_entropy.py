@@ -119,3 +119,18 @@ def test_log_softmax_sums_to_one_and_keeps_masked_logits_at_minus_inf():
     assert logp[2] == -np.inf
     assert math.fsum(math.exp(x) for x in logp) == pytest.approx(1.0, rel=1e-15)
     assert logp[1] - logp[0] == pytest.approx(1.0, rel=1e-15)
+
+
+QWEN_VOCAB = 151_936  # Qwen3's padded vocabulary (R1-Distill-Qwen-32B's is 152,064)
+
+
+def test_entropy_over_a_qwen_sized_vocabulary_matches_the_reference():
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal(QWEN_VOCAB) * 4.0).astype(np.float32)  # float32, as llama.cpp returns them
+    values = [float(v) for v in logits]
+    assert full_entropy(logits) == pytest.approx(_reference_entropy(values), rel=1e-9)
+    top = sorted(values)[-20:]
+    assert topk_entropy(logits, k=20) == pytest.approx(_reference_entropy(top), rel=1e-9)
+    # padding rows of a GGUF vocabulary can be masked: they change nothing
+    padded = np.concatenate([logits, np.full(128, -np.inf, dtype=np.float32)])
+    assert full_entropy(padded) == pytest.approx(full_entropy(logits), rel=1e-12)
