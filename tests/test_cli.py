@@ -106,7 +106,10 @@ def test_models_lists_models_pairs_and_file_status():
     result = glimp("models", "--json")
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
-    assert {m["name"]: m["status"] for m in listing["models"]} == {"smollm2-135m": "ok", "gemma3-270m": "ok"}
+    status = {m["name"]: m["status"] for m in listing["models"]}
+    assert status["smollm2-135m"] == status["gemma3-270m"] == "ok"
+    assert {"qwen3-4b", "r1-distill-qwen-32b"} <= set(status)  # the real pairs' models, downloaded by `glimp pull`
+    assert {"qwen3-4b+r1-32b", "qwen3-4b+qwen3-32b"} <= {p["name"] for p in listing["pairs"]}
     assert listing["pairs"][0]["name"] == "demo" and listing["pairs"][0]["default"] is True
     import llama_cpp
 
