@@ -220,3 +220,34 @@ def test_ctrl_c_during_ask_exits_130():
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "Traceback" not in stderr
+
+
+def test_two_model_files_without_a_pair_take_glimps_own_defaults_and_a_context_for_them(demo_config):
+    from glimp_cli.cli import resolve_pair
+    from glimp_cli.config import PairSpec
+
+    pair, small, large = resolve_pair(demo_config, pair=None, small="/m/Qwen3-4B.gguf", large="/m/R1-32B.gguf")
+    defaults = PairSpec(name="files", small="Qwen3-4B", large="R1-32B")
+    assert pair == defaults  # the original implementation's settings, not the demo pair's
+    assert (pair.thinking_budget, pair.step_max_tokens, pair.answer_prefix, pair.answer_stops) == (8192, 512, "", ())
+    assert (small.path, large.path) == ("/m/Qwen3-4B.gguf", "/m/R1-32B.gguf")
+    assert small.n_ctx == large.n_ctx == 8192 + 256 + 1024  # thinking budget + answer + prompt room
+    assert small.think_prefix is None  # the think layout comes from the file's own chat template
+
+
+def test_a_model_file_with_a_named_pair_keeps_the_pairs_settings(demo_config):
+    from glimp_cli.cli import resolve_pair
+
+    demo = demo_config.pair("demo")
+    pair, small, large = resolve_pair(
+        demo_config, pair="demo", small="/m/a.gguf", large=None, overrides={"thinking_budget": 5000}
+    )
+    assert (pair.name, pair.threshold, pair.answer_prefix, pair.thinking_budget) == (
+        "demo",
+        2.5,
+        demo.answer_prefix,
+        3000,
+    )
+    assert small.n_ctx == 5000 + 32 + 1024 and large.name == "gemma3-270m"
+    pair, _, _ = resolve_pair(demo_config, pair=None, small="/m/a.gguf", large="gemma3-270m")
+    assert pair.name == "demo"  # one file and one name: the default pair
