@@ -246,7 +246,7 @@ def test_a_model_file_with_a_named_pair_keeps_the_pairs_settings(demo_config):
         "demo",
         2.5,
         demo.answer_prefix,
-        3000,
+        5000,
     )
     assert small.n_ctx == 5000 + 32 + 1024 and large.name == "gemma3-270m"
     pair, _, _ = resolve_pair(demo_config, pair=None, small="/m/a.gguf", large="gemma3-270m")
