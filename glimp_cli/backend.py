@@ -21,13 +21,28 @@ import numpy as np
 
 from glimp_cli.config import ModelSpec
 from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
-from glimp_cli.errors import ConfigError, ContextError, ModelFileError, RunError
+from glimp_cli.errors import ConfigError, ContextError, MemoryShortError, ModelFileError, RunError
+from glimp_cli.fit import context_failure_message, model_failure_message
 from glimp_cli.generation import Proposal, generate
+from glimp_cli.memory import estimate_file
 from glimp_cli.session import Counters, FirstToken, Sampling, StepOutput
 from glimp_cli.sources import resolve_model_path
 from glimp_cli.thinking import ThinkLayout, open_think_block, think_layout
 
 MAX_DEFAULT_THREADS = 8
+# models.yaml's KV cache types (glimp_cli.fit.KV_CACHE_TYPES) -> llama.cpp's GGML_TYPE_* (bf16 is 30 in ggml.h:
+# llama_cpp exports no constant for it)
+KV_CACHE_GGML_TYPES = {
+    "f32": llama_cpp.GGML_TYPE_F32,
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "bf16": 30,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+    "q4_1": llama_cpp.GGML_TYPE_Q4_1,
+    "iq4_nl": llama_cpp.GGML_TYPE_IQ4_NL,
+    "q5_0": llama_cpp.GGML_TYPE_Q5_0,
+    "q5_1": llama_cpp.GGML_TYPE_Q5_1,
+}
 PIECE_BUFFER_BYTES = 256
 
 
@@ -72,13 +87,39 @@ def load_llama(spec: ModelSpec, path: Path):
                 n_threads_batch=threads,
                 n_gpu_layers=spec.n_gpu_layers,
                 flash_attn=spec.flash_attn,
+                type_k=KV_CACHE_GGML_TYPES[spec.type_k],
+                type_v=KV_CACHE_GGML_TYPES[spec.type_v],
                 logits_all=False,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             if interrupted():
                 raise KeyboardInterrupt from None  # the load was aborted for it
-            raise ModelFileError(f"model '{spec.name}': llama.cpp cannot load {path}: {exc}") from exc
+            raise load_failure(spec, path, reason=str(exc)) from exc
+
+
+def load_failure(spec: ModelSpec, path: Path, *, reason: str) -> ModelFileError | MemoryShortError:
+    """The error for a failed Llama(): the model could not be loaded, or its context (KV cache) not created."""
+    gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
+    if not reason.startswith("Failed to create llama_context"):
+        try:
+            file_bytes = path.stat().st_size
+        except OSError:
+            file_bytes = None
+        return ModelFileError(
+            model_failure_message(
+                model=spec.name, path=str(path), file_bytes=file_bytes, gpu_offload=gpu_offload, reason=reason
+            )
+        )
+    try:
+        estimate = estimate_file(spec, path)
+    except ModelFileError:
+        estimate = None
+    return MemoryShortError(
+        context_failure_message(
+            model=spec.name, estimate=estimate, gpu_offload=gpu_offload, flash_attn=spec.flash_attn, reason=reason
+        )
+    )
 
 
 @contextlib.contextmanager

@@ -355,52 +355,99 @@ def ask(
 
 @app.command()
 def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
-    """List configured models and pairs, and whether each model file is present."""
+    """List configured models and pairs, whether each model file is present, and whether each pair fits in memory."""
+    from glimp_cli.fit import COMPUTE_ALLOWANCE_BYTES, DOES_NOT_FIT, FITS, format_bytes, pair_fit
+    from glimp_cli.memory import estimate_spec, free_memory
     from glimp_cli.sources import model_file_status
 
     cfg = apply_calibration(load_config(find_config(config)))
-    rows = [
-        {
-            "name": m.name,
-            "source": m.source,
-            "status": model_file_status(m),
-            "n_ctx": m.n_ctx,
-            "n_gpu_layers": m.n_gpu_layers,
-        }
-        for m in cfg.models.values()
-    ]
-    pairs = [
-        {
-            "name": p.name,
-            "small": p.small,
-            "large": p.large,
-            "threshold": p.threshold,
-            "entropy": p.entropy,
-            "default": p.name == cfg.default_pair,
-        }
-        for p in cfg.pairs.values()
-    ]
     gpu_offload = backend.backend_info()["gpu_offload"]
-    if json_output:
-        print(
-            json_text({"config": str(cfg.path), "gpu_offload": gpu_offload, "models": rows, "pairs": pairs}, indent=2)
+    memory = free_memory(gpu_offload=gpu_offload)
+    estimates, rows = {}, []
+    for m in cfg.models.values():
+        status = model_file_status(m)
+        estimate, note = None, ("not downloaded" if m.hf else "no file")
+        if status == "ok":
+            try:
+                estimate, note = estimate_spec(m), None
+            except GlimpError as exc:
+                note = str(exc)
+        estimates[m.name] = estimate
+        rows.append(
+            {
+                "name": m.name,
+                "source": m.source,
+                "status": status,
+                "n_ctx": m.n_ctx,
+                "n_gpu_layers": m.n_gpu_layers,
+                "type_k": m.type_k,
+                "type_v": m.type_v,
+                "file_bytes": estimate.file_bytes if estimate else None,
+                "kv_cache_bytes": estimate.kv_cache_bytes if estimate else None,
+                "compute_bytes": estimate.compute_bytes if estimate else None,
+                "estimate_note": note,
+            }
         )
+    pairs = []
+    for p in cfg.pairs.values():
+        fit = pair_fit([estimates[p.small], estimates[p.large]], memory)
+        pairs.append(
+            {
+                "name": p.name,
+                "small": p.small,
+                "large": p.large,
+                "threshold": p.threshold,
+                "entropy": p.entropy,
+                "default": p.name == cfg.default_pair,
+                "needed_bytes": fit.needed_bytes,
+                "free_bytes": fit.free_bytes,
+                "fit": fit.verdict,
+            }
+        )
+    if json_output:
+        memory_json = {"kind": memory.kind, "free_bytes": memory.free_bytes, "total_bytes": memory.total_bytes}
+        listing = {"config": str(cfg.path), "gpu_offload": gpu_offload, "memory": {**memory_json, "note": memory.note}}
+        print(json_text({**listing, "models": rows, "pairs": pairs}, indent=2))
         return
     console = Console(highlight=False)
     console.print(f"config: {cfg.path}", markup=False)
     console.print(
         f"llama.cpp GPU offload compiled in: {'yes' if gpu_offload else 'no (CPU build: n_gpu_layers is ignored)'}"
     )
-    table = Table("model", "source", "file", "n_ctx", "n_gpu_layers", title="models")
+    if memory.free_bytes is not None:
+        free, total = format_bytes(memory.free_bytes), format_bytes(memory.total_bytes or 0)
+        console.print(f"{memory.note}: {free} of {total}", markup=False)
+    else:
+        console.print(memory.note, markup=False)
+    table = Table("model", "source", "file", "n_ctx", "n_gpu_layers", "KV cache", title="models")
+    notes = []
     for row in rows:
-        status = "[green]ok[/]" if row["status"] == "ok" else f"[red]{escape(row['status'])}[/]"
-        table.add_row(escape(row["name"]), escape(row["source"]), status, str(row["n_ctx"]), str(row["n_gpu_layers"]))
+        if row["status"] != "ok":
+            file, kv = f"[red]{escape(row['status'])}[/]", escape(row["estimate_note"])
+        elif row["file_bytes"] is None:
+            file, kv = "[green]ok[/]", "?"
+            notes.append(f"{row['name']}: no estimate: {row['estimate_note']}")
+        else:
+            file = f"[green]{format_bytes(row['file_bytes'])}[/]"
+            kv = f"{format_bytes(row['kv_cache_bytes'])} {row['type_k']}/{row['type_v']}"
+        table.add_row(escape(row["name"]), escape(row["source"]), file, str(row["n_ctx"]), str(row["n_gpu_layers"]), kv)
     console.print(table)
-    table = Table("pair", "small", "large", "threshold", "entropy", title="pairs")
+    for note in notes:
+        console.print(note, markup=False, soft_wrap=True)
+    table = Table("pair", "small", "large", "threshold", "entropy", "memory", title="pairs")
     for row in pairs:
         name = escape(row["name"]) + (" (default)" if row["default"] else "")
-        table.add_row(name, escape(row["small"]), escape(row["large"]), f"{row['threshold']:g}", row["entropy"])
+        colour = {FITS: "green", DOES_NOT_FIT: "red"}.get(row["fit"], "yellow")
+        needs = f" ({format_bytes(row['needed_bytes'])})" if row["needed_bytes"] is not None else ""
+        fit = f"[{colour}]{row['fit']}[/]{needs}"
+        table.add_row(name, escape(row["small"]), escape(row["large"]), f"{row['threshold']:g}", row["entropy"], fit)
     console.print(table)
+    console.print(
+        "memory: what the pair needs, both files + KV caches at n_ctx + compute buffers (a batch's logits, or its "
+        f"attention scores without flash_attn, + {format_bytes(COMPUTE_ALLOWANCE_BYTES)} per model)"
+        + (", all layers on the GPU" if gpu_offload else ""),
+        markup=False,
+    )
 
 
 @app.command()

@@ -14,6 +14,7 @@ import yaml
 
 from glimp_cli.entropy import ENTROPY_MODES
 from glimp_cli.errors import ConfigError, did_you_mean, lone_surrogate
+from glimp_cli.fit import DEFAULT_KV_CACHE_TYPE, KV_CACHE_TYPES, is_quantized
 from glimp_cli.router import RouterSettings
 from glimp_cli.session import Sampling
 
@@ -45,6 +46,8 @@ class ModelSpec:
     n_threads: int | None = None  # None: all cores, up to 8
     n_batch: int = 512
     flash_attn: bool = False
+    type_k: str = DEFAULT_KV_CACHE_TYPE  # KV cache type of keys (llama.cpp's --cache-type-k): f16, q8_0, q4_0, ...
+    type_v: str = DEFAULT_KV_CACHE_TYPE  # of values; a quantized one needs flash_attn
     base_dir: str = "."  # directory of the config file, for relative paths
 
     @property
@@ -158,6 +161,8 @@ MODEL_CHECKS: dict[str, Check] = {
     "n_ctx": Bounds(MIN_N_CTX, MAX_LLAMA_INT),
     "n_threads": Bounds(1, MAX_LLAMA_INT, optional=True),
     "n_batch": Bounds(1, MAX_LLAMA_INT),
+    "type_k": one_of(tuple(KV_CACHE_TYPES)),
+    "type_v": one_of(tuple(KV_CACHE_TYPES)),
 }
 SAMPLING_CHECKS: dict[str, Check] = {
     "temperature": Bounds(0.0, real=True),
@@ -366,6 +371,14 @@ def _build_model(name: str, body: Any, where, base_dir: Path) -> ModelSpec:
             f"{where('models', name)}: model '{name}' names a package: add 'file' (path inside it) or 'assemble: true'"
         )
     check_values(MODEL_CHECKS, values, label=lambda key: f"{where('models', name, key)}: {key}")
+    type_v = values.get("type_v", DEFAULT_KV_CACHE_TYPE)
+    if is_quantized(type_v) and not values.get("flash_attn", False):
+        # llama-cpp-python turns flash attention off, not to "auto", when flash_attn is false: llama.cpp then refuses
+        # a quantized V cache (it fails to create the context).
+        raise ConfigError(
+            f"{where('models', name, 'type_v')}: model '{name}': type_v {type_v} (a quantized V cache) needs "
+            "flash attention: set flash_attn: true"
+        )
     return ModelSpec(name=name, base_dir=str(base_dir), **values)
 
 

@@ -38,6 +38,10 @@ class RunError(GlimpError):
     exit_code = 1
 
 
+class MemoryShortError(RunError):
+    """llama.cpp could not create a model's context (its KV cache and buffers): most often too little memory."""
+
+
 class WriteError(RunError):
     """A file could not be written (full disk, read-only or missing directory); names the path and the cause."""
 

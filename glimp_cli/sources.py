@@ -43,10 +43,17 @@ def check_gguf(path: Path, *, model: str) -> None:
         )
 
 
+def local_model_file(spec: ModelSpec) -> Path:
+    """The model's GGUF file if it is here already; never downloads, assembles or writes anything."""
+    path = _model_path(spec, download=False, assemble=False)
+    check_gguf(path, model=spec.name)
+    return path
+
+
 def model_file_status(spec: ModelSpec) -> str:
     """'ok', or why the file is not usable (for `glimp models`); never downloads, assembles or writes anything."""
     try:
-        check_gguf(_model_path(spec, download=False, assemble=False), model=spec.name)
+        local_model_file(spec)
     except ModelFileError as exc:
         return str(exc).split(": ", 1)[-1]
     return "ok"
