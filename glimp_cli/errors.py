@@ -38,6 +38,10 @@ class RunError(GlimpError):
     exit_code = 1
 
 
+class DownloadError(RunError):
+    """A download from the Hugging Face hub failed (not found, no connection, cut off); names the model and the ref."""
+
+
 class WriteError(RunError):
     """A file could not be written (full disk, read-only or missing directory); names the path and the cause."""
 
