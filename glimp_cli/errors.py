@@ -42,6 +42,10 @@ class MemoryShortError(RunError):
     """llama.cpp could not create a model's context (its KV cache and buffers): most often too little memory."""
 
 
+class DownloadError(RunError):
+    """A download from the Hugging Face hub failed (not found, no connection, cut off); names the model and the ref."""
+
+
 class WriteError(RunError):
     """A file could not be written (full disk, read-only or missing directory); names the path and the cause."""
 

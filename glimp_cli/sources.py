@@ -8,6 +8,7 @@ from pathlib import Path
 
 from glimp_cli.config import ModelSpec
 from glimp_cli.errors import ModelFileError
+from glimp_cli.hub import hf_file
 
 GGUF_MAGIC = b"GGUF"
 
@@ -25,7 +26,7 @@ def _model_path(spec: ModelSpec, *, download: bool, assemble: bool) -> Path:
         return path if path.is_absolute() else Path(spec.base_dir) / path
     if spec.package:
         return _package_file(spec, assemble=assemble)
-    return _hf_file(spec, download=download)
+    return hf_file(spec, download=download)
 
 
 def check_gguf(path: Path, *, model: str) -> None:
@@ -121,18 +122,3 @@ def _assembly_error(spec: ModelSpec, exc: Exception) -> ModelFileError:
     else:
         cause = str(exc)
     return ModelFileError(f"model '{spec.name}': cannot assemble the file from '{spec.package}': {cause}")
-
-
-def _hf_file(spec: ModelSpec, *, download: bool) -> Path:
-    repo, _, filename = spec.hf.rpartition("/")
-    if not repo or "/" not in repo or not filename:
-        raise ModelFileError(f"model '{spec.name}': hf reference must be 'owner/repo/file.gguf', got '{spec.hf}'")
-    try:
-        import huggingface_hub
-    except ImportError as exc:
-        raise ModelFileError(f"model '{spec.name}': hf models need huggingface_hub (pip install 'glimp[hf]')") from exc
-    try:
-        return Path(huggingface_hub.hf_hub_download(repo, filename, local_files_only=not download))
-    except Exception as exc:  # the hub client raises many types; all mean "not available"
-        hint = "" if download else " (not in the local cache; run 'glimp pull NAME' to download it)"
-        raise ModelFileError(f"model '{spec.name}': cannot get {spec.hf}: {type(exc).__name__}{hint}") from exc
