@@ -45,3 +45,15 @@ def demo_pair(demo_config):
 
     pair = demo_config.pair("demo")
     return pair, open_session(demo_config.model(pair.small)), open_session(demo_config.model(pair.large))
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Tiny GGUFs with the real Qwen3 and R1-Distill tokenizers and chat templates (tests/tiny_models.py), built once
+    into $GLIMP_TEST_CACHE or ~/.cache/glimp-tests; the first build downloads the llama-cpp-python sdist with pip."""
+    from tiny_models import TinyModelError, ensure_tiny_models
+
+    try:
+        return ensure_tiny_models()
+    except TinyModelError as exc:
+        pytest.fail(f"tiny test models unavailable: {exc}", pytrace=False)
