@@ -326,3 +326,27 @@ def test_hf_model_without_huggingface_hub_names_the_extra(monkeypatch):
     with pytest.raises(ModelFileError) as raised:
         resolve_model_path(ModelSpec(name="m", hf="owner/repo/model.gguf"))
     assert str(raised.value) == "model 'm': hf models need huggingface_hub (pip install 'glimp[hf]')"
+
+
+def test_a_reasoning_pair_pulled_from_the_hub_runs_offline(hub, tmp_path, tiny_models, monkeypatch, capsys):
+    """From `glimp pull` to the answer: the tiny Qwen3 pair (real tokenizer and template) served by the hub."""
+    hub.files["Qwen/Qwen3-tiny-GGUF/small.gguf"] = tiny_models.qwen3_small.read_bytes()
+    hub.files["Qwen/Qwen3-tiny-GGUF/large.gguf"] = tiny_models.qwen3_large.read_bytes()
+    config = tmp_path / "reasoning.yaml"
+    config.write_text(
+        "models:\n"
+        "  small:\n    hf: Qwen/Qwen3-tiny-GGUF/small.gguf\n    n_ctx: 2048\n    n_threads: 1\n"
+        "  large:\n    hf: Qwen/Qwen3-tiny-GGUF/large.gguf\n    n_ctx: 2048\n    n_threads: 1\n"
+        "pairs:\n  qwen3:\n    small: small\n    large: large\n    threshold: 1.5\n    thinking_budget: 300\n",
+        encoding="utf-8",
+    )
+    code, _, err = glimp(monkeypatch, capsys, "ask", "6 * 7?", "--config", str(config))
+    assert code == 2 and last_error_line(err) == "model 'small': not downloaded: glimp pull small"
+    for name in ("small", "large"):
+        assert glimp(monkeypatch, capsys, "pull", name, "--config", str(config))[0] == 0
+    hub.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    code, out, _ = glimp(monkeypatch, capsys, "ask", "6 * 7?", "--config", str(config), "--json", "--seed", "1")
+    summary = json.loads(out.splitlines()[-1])
+    assert code == 0 and summary["finish_reason"] == "end_marker" and summary["answer"]
