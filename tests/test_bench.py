@@ -47,6 +47,8 @@ class SteppingSession:
     the answer, '<answer>}'. One token per character. The small model's probe at step i is
     uniform over `probe_widths[i]` tokens: entropy ln(width) nats."""
 
+    think = None  # not a reasoning model: no think block
+
     def __init__(
         self, name: str, *, steps: int = 4, probe_widths: Sequence[int] = (1,), answers: dict[str, str] | None = None
     ):

@@ -198,6 +198,8 @@ class StepSession:
     uniform over widths[problem][i] of VOCAB tokens; after a step by the large model it uses
     widths_after_large, when given (a context the large model changed)."""
 
+    think = None  # not a reasoning model: no think block
+
     def __init__(self, name: str, *, widths=None, widths_after_large=None, answers=None):
         self.name = name
         self.widths = widths or {}
