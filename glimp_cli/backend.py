@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from glimp_cli.config import ModelSpec
+from glimp_cli.drafting import DEFAULT_DRAFT_TOKENS, Drafter
 from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
 from glimp_cli.errors import ConfigError, ContextError, MemoryShortError, ModelFileError, RunError
 from glimp_cli.fit import context_failure_message, model_failure_message
@@ -76,7 +77,10 @@ def load_llama(spec: ModelSpec, path: Path):
     """Load a GGUF file into a llama.cpp model + context; Ctrl-C aborts the load and raises KeyboardInterrupt."""
     _silence_llama_logs()
     threads = spec.n_threads or default_threads()
-    with _ctrl_c_aborts_load() as interrupted, _load_progress(lambda progress, user_data: not interrupted()):
+    with (
+        _ctrl_c_aborts_load() as interrupted,
+        _load_progress(lambda progress, user_data: not interrupted(), repack=spec.repack),
+    ):
         try:
             return Llama(
                 model_path=str(path),
@@ -141,18 +145,18 @@ def _ctrl_c_aborts_load() -> Iterator[Callable[[], bool]]:
 
 
 @contextlib.contextmanager
-def _load_progress(keep_loading: Callable[[float, object], bool]) -> Iterator[None]:
-    """Give the next Llama() a model-load progress callback (returning False aborts the load).
-
-    llama-cpp-python's Llama has no option for it: it takes its model params from llama_model_default_params(),
-    which is wrapped here for the duration of the load.
-    """
+def _load_progress(keep_loading: Callable[[float, object], bool], *, repack: bool = True) -> Iterator[None]:
+    """Give the next Llama() a model-load progress callback (returning False aborts the load), and repacked
+    CPU weights or not (llama.cpp's use_extra_bufts)."""
+    # llama-cpp-python's Llama has no option for them: it takes its model params from llama_model_default_params(),
+    # which is wrapped here for the duration of the load.
     callback = llama_cpp.llama_progress_callback(keep_loading)  # referenced until the load is over
     default_params = llama_cpp.llama_cpp.llama_model_default_params
 
     def params_with_progress():
         params = default_params()
         params.progress_callback = callback
+        params.use_extra_bufts = repack
         return params
 
     llama_cpp.llama_cpp.llama_model_default_params = params_with_progress
@@ -196,6 +200,9 @@ class LlamaSession:
         self._one.batch.seq_id[0][0] = 0
         self._one.batch.logits[0] = True
         self.counters = Counters()
+        self.speculate: Drafter | None = None  # drafts for the steps this model writes; None: one token per decode
+        self._verify: LlamaBatch | None = None  # the batch that verifies a draft (sized for the drafter's k + 1)
+        self._last_row = -1  # the last decode's logits row of the last evaluated token (a verify batch: not its last)
         # A reasoning model's prompt opens its think block; from models.yaml's think_prefix or the GGUF template.
         template = self._llm.metadata.get("tokenizer.chat_template") if spec.prompt is None else None
         self.think: ThinkLayout | None = think_layout(think_prefix=spec.think_prefix, template=template)
@@ -261,7 +268,10 @@ class LlamaSession:
         # at the first evaluation, so a model that a run never uses costs nothing.
         self._llm.n_tokens = 0
         self._clear_cache = True
+        self._last_row = -1
         self._make_sampler(sampling)
+        if self.speculate is not None:
+            self.speculate.reset()
 
     def _make_sampler(self, sampling: Sampling) -> None:
         sampler = LlamaSampler()
@@ -307,7 +317,8 @@ class LlamaSession:
         """Evaluate pending tokens: one llama_decode call per n_batch tokens.
 
         Invariant: the KV cache holds exactly the first `llm.n_tokens` tokens (an interrupted
-        step removes what it added), so a single token needs no KV removal before it.
+        step removes what it added), so a single token needs no KV removal before it; and when no
+        token is pending, the last decode's row `_last_row` holds the last token's logits.
         """
         llm = self._llm
         start = llm.n_tokens
@@ -323,6 +334,7 @@ class LlamaSession:
         else:
             chunks = -(-n_pending // self._n_batch)
             llm.eval(self._tokens[start:])
+        self._last_row = -1
         self.counters.prefill_tokens += n_pending - self._own_pending
         self.counters.evaluated_tokens += n_pending
         if self._prompt_done:
@@ -345,12 +357,12 @@ class LlamaSession:
 
     def next_token_logits(self) -> np.ndarray:
         self._flush()
-        pointer = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+        pointer = llama_cpp.llama_get_logits_ith(self._llm.ctx, self._last_row)
         return np.ctypeslib.as_array(pointer, shape=(self._llm.n_vocab(),)).copy()
 
     def sample(self) -> int:
         self._flush()
-        return llama_cpp.llama_sampler_sample(self._sampler.sampler, self._llm.ctx, -1)
+        return llama_cpp.llama_sampler_sample(self._sampler.sampler, self._llm.ctx, self._last_row)
 
     def _piece(self, token: int, *, special: bool = True) -> str:
         return self._piece_bytes(token, special=special).decode("utf-8", errors="replace")
@@ -385,11 +397,37 @@ class LlamaSession:
         self, *, first_token: int | None, stops: Sequence[str], max_tokens: int
     ) -> Generator[str, None, StepOutput]:
         """Sample until a stop string, EOS or max_tokens; the cache ends exactly at the returned text."""
-        return generate(SampledTokens(self, first_token), stops=stops, max_tokens=max_tokens)
+        if self.speculate is not None:
+            source = VerifiedDrafts(self, first_token, drafter=self.speculate)
+        else:
+            source = SampledTokens(self, first_token)
+        return generate(source, stops=stops, max_tokens=max_tokens)
 
     def _append_own(self, token: int) -> None:
         self._tokens.append(token)
         self._own_pending += 1
+
+    def _verify_batch(self, n_tokens: int) -> LlamaBatch:
+        """A batch for `n_tokens` tokens of sequence 0, logits at every position (allocated once, grown if needed)."""
+        if self._verify is None or self._verify._n_tokens < n_tokens:
+            self._verify = LlamaBatch(n_tokens=n_tokens, embd=0, n_seq_max=1, verbose=False)
+            batch = self._verify.batch
+            for i in range(n_tokens):
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = True
+        return self._verify
+
+    def _cut(self, length: int) -> None:
+        """Keep the first `length` tokens; the cache keeps one fewer when it held them all, so that the last
+        kept token is pending again (the logits of the last decode belong to a later token)."""
+        del self._tokens[length:]
+        llm = self._llm
+        if llm.n_tokens >= length:
+            keep = max(length - 1, 0)
+            llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+            llm.n_tokens = keep
+        self._own_pending = min(self._own_pending, len(self._tokens) - llm.n_tokens)
 
 
 class LlamaStep:
@@ -448,6 +486,176 @@ class SampledTokens(LlamaStep):
             self.session._append_own(self._token)
         elif tail:
             self.keep_text(tail)
+
+
+class VerifiedDrafts(LlamaStep):
+    """Drafted tokens verified by the model in one decode: up to k + 1 tokens per llama_decode call.
+
+    When one token is pending (the last one sampled), the batch is [that token, d1..dk] with logits at every
+    position. The model's own sampler chain samples the rows in turn (accepting each token into the chain, as
+    one token per decode would) and the run ends at the first sample that differs from the draft, or with the
+    bonus token after k accepted ones (llama.cpp's scheme). So the tokens are drawn from the model's own
+    distributions, in the same order from its RNG; at temperature 0 the text is its greedy text, exactly where
+    a batch's rows equal one token's logits (flash_attn on, repack off on the CPU). Rejected draft positions
+    leave the cache at once; the last sampled token stays pending, as after sample(). Several pending tokens
+    (a prompt, a catch-up) are evaluated as without a draft first, so that they are batched the same way.
+    """
+
+    def __init__(self, session: LlamaSession, first_token: int | None, *, drafter: Drafter) -> None:
+        super().__init__(session)
+        self._drafter = drafter
+        self._next = first_token
+        self._proposed: list[int] = []  # the last proposal's tokens: its accepted drafts, then the new token
+        self._in_cache = 0  # how many of them the cache holds (the accepted drafts)
+        self._start = 0  # the position of the verify batch's first token
+        self._batched = False  # a verify batch was decoded in this step: the logits are no longer the step's start
+
+    def propose(self, limit: int) -> Proposal:
+        session = self.session
+        self._proposed, self._in_cache = [], 0
+        if self._next is not None:
+            token, self._next = self._next, None
+            return self._single(token)
+        room = min(limit - 1, session._n_ctx - len(session._tokens))  # the last sampled token, then the drafts
+        one_pending = len(session._tokens) - session._llm.n_tokens == 1
+        draft = self._drafter.draft(session._tokens, limit=room) if one_pending and room > 0 else []
+        if not draft:
+            return self._single(session.sample())
+        return self._verify(draft[:room])
+
+    def _single(self, token: int) -> Proposal:
+        """One token, sampled as SampledTokens samples it (no draft, or the probe's token)."""
+        session = self.session
+        if session.is_eos(token):
+            return Proposal((), eos=True)
+        self._proposed = [token]
+        return Proposal((session._piece_bytes(token),))
+
+    def _verify(self, draft: list[int]) -> Proposal:
+        session, llm = self.session, self.session._llm
+        start = self._start = llm.n_tokens  # the pending token's position, the batch's first
+        tokens = [session._tokens[start], *draft]
+        batch = session._verify_batch(len(tokens)).batch
+        batch.n_tokens = len(tokens)
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = start + i
+        if session._clear_cache:  # a one-token prompt
+            llm._ctx.kv_cache_clear()
+            session._clear_cache = False
+        self._batched = True
+        code = llama_cpp.llama_decode(llm.ctx, batch)
+        if code != 0:
+            llm._ctx.kv_cache_seq_rm(-1, start, -1)
+            raise RunError(f"model '{session.name}': llama_decode returned {code} verifying a draft at {start}")
+        llm.input_ids[start : start + len(tokens)] = tokens
+        llm.n_tokens = start + len(tokens)
+        counters = session.counters
+        counters.evaluated_tokens += len(tokens)
+        counters.prefill_tokens += 1 - session._own_pending
+        counters.decode_calls += 1 if session._prompt_done else 0
+        counters.verify_calls += 1
+        counters.drafted_tokens += len(draft)
+        session._prompt_done = True
+        session._own_pending = 0
+
+        sampler, ctx = session._sampler.sampler, llm.ctx
+        accepted = 0
+        for row in range(len(tokens)):
+            token = llama_cpp.llama_sampler_sample(sampler, ctx, row)
+            if row < len(draft) and token == draft[row] and not session.is_eos(token):
+                accepted += 1
+            else:
+                break
+        counters.accepted_tokens += accepted
+        keep = start + 1 + accepted
+        if keep < llm.n_tokens:  # the rejected drafts leave the cache
+            llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+            llm.n_tokens = keep
+        session._last_row = accepted  # the last accepted token's row (read after EOS)
+        self._in_cache = accepted
+        eos = session.is_eos(token)
+        self._proposed = draft[:accepted] if eos else [*draft[:accepted], token]
+        return Proposal(tuple(session._piece_bytes(t) for t in self._proposed), eos=eos)
+
+    def settle(self, kept: int, tail: bytes) -> None:
+        session, llm = self.session, self.session._llm
+        kept_tokens = self._proposed[:kept]
+        session._tokens += kept_tokens[: self._in_cache]  # accepted drafts: already evaluated
+        if kept > self._in_cache:
+            session._append_own(kept_tokens[-1])  # the newly sampled token: pending
+        elif self._in_cache and (kept < len(self._proposed) or tail):
+            # A stop string inside the accepted run: the cache drops the tokens after it. As without a draft, a
+            # token cut at the stop leaves the last kept token evaluated (its logits are at its row), and a
+            # token that ends at the stop stays pending: then later evaluations are batched as without a draft.
+            held = len(session._tokens) - (0 if tail else 1)
+            llm._ctx.kv_cache_seq_rm(-1, held, -1)
+            llm.n_tokens = held
+            session._last_row = held - 1 - self._start
+            session._own_pending = len(session._tokens) - held
+        if tail:
+            self.keep_text(tail)
+
+    def rollback(self) -> None:
+        super().rollback()
+        session = self.session
+        if self._batched:
+            # As in LlamaStep.rollback, and also when the cache did not grow: a verify batch overwrote the logits,
+            # and an interrupted one may have left draft positions past llm.n_tokens.
+            llm = session._llm
+            keep = min(llm.n_tokens, self._tokens_before - 1)
+            llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+            llm.n_tokens = keep
+            session._own_pending = 0
+        self._drafter.truncate(len(session._tokens))
+
+
+class ModelDrafter:
+    """Greedy drafts from a second llama.cpp session on a model with the target's vocabulary (token ids agree).
+
+    Its cache follows the target's context: tokens it drafted that the target kept stay evaluated, rejected
+    ones leave; an end-of-generation token ends a draft (and is drafted, so the target can accept it).
+    """
+
+    def __init__(self, session: LlamaSession, *, k: int = DEFAULT_DRAFT_TOKENS) -> None:
+        self.k = k
+        self.session = session
+        self._synced = 0  # the session's first tokens known to equal the target's context
+        self.reset()
+
+    def reset(self) -> None:
+        session = self.session
+        session._tokens, session._own_pending, session._prompt_done = [], 0, False
+        session._llm.n_tokens = 0
+        session._clear_cache = True
+        session._make_sampler(Sampling(temperature=0.0))
+        session.counters = Counters()
+        self._synced = 0
+
+    def truncate(self, length: int) -> None:
+        self._synced = min(self._synced, length)
+
+    def draft(self, context: Sequence[int], *, limit: int) -> list[int]:
+        count = min(self.k, limit)
+        if count <= 0:
+            return []
+        session = self.session
+        common = min(self._synced, len(context))
+        ours = session._tokens
+        while common < min(len(ours), len(context)) and ours[common] == context[common]:
+            common += 1  # drafts of ours that the target kept
+        if common < len(ours):
+            session._cut(common)
+        session._tokens += context[common:]
+        self._synced = len(context)
+        drafts: list[int] = []
+        while len(drafts) < count:
+            token = session.sample()
+            drafts.append(token)
+            if session.is_eos(token):
+                break
+            session._append_own(token)
+        return drafts
 
 
 def open_session(spec: ModelSpec, *, download: bool = False) -> LlamaSession:

@@ -48,6 +48,9 @@ class ModelSpec:
     flash_attn: bool = False
     type_k: str = DEFAULT_KV_CACHE_TYPE  # KV cache type of keys (llama.cpp's --cache-type-k): f16, q8_0, q4_0, ...
     type_v: str = DEFAULT_KV_CACHE_TYPE  # of values; a quantized one needs flash_attn
+    # llama.cpp's repacked CPU weights: faster, but a batch's rows then differ slightly from one token's logits,
+    # which makes speculative decoding inexact; exact with flash_attn: true and repack: false
+    repack: bool = True
     base_dir: str = "."  # directory of the config file, for relative paths
 
     @property

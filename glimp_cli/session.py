@@ -43,6 +43,14 @@ class Counters:
     decode_calls: int = 0  # engine calls after the prompt's (llama_decode for llama.cpp)
     generated_tokens: int = 0  # sampled and kept (EOS not counted)
     evaluated_tokens: int = 0  # every token handed to the engine, counted independently of the cache
+    drafted_tokens: int = 0  # speculative decoding: draft tokens handed to the model to verify
+    accepted_tokens: int = 0  # of which the model sampled the same token (kept unless a stop string cut them)
+    verify_calls: int = 0  # engine calls that verified a draft (also counted in decode_calls)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted / drafted tokens; None when nothing was drafted."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
 
 
 class Session(Protocol):

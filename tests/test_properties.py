@@ -41,6 +41,7 @@ MODEL_KEYS = [
     "n_threads",
     "n_batch",
     "flash_attn",
+    "repack",
 ]
 
 # Values YAML and JSON can carry: huge integers, NaN and infinities, lone surrogates, nesting.

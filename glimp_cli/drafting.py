@@ -1,0 +1,87 @@
+"""Draft tokens for speculative decoding: guesses at a model's next tokens, which the model then verifies.
+
+A drafter only proposes; the verified token source (backend.VerifiedDrafts) samples the target model at
+every drafted position and keeps a draft token only where the sample equals it, so a bad guess costs time,
+never a different text. Model-free drafters live here; a drafter that runs a model lives in the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+DEFAULT_DRAFT_TOKENS = 3  # k, the paper's (and llama.cpp's lookup examples use 3 to 8)
+NGRAM_MAX = 3  # the longest n-gram looked up
+NGRAM_MIN = 2  # the shortest n-gram that makes a draft: a single matching token guessed too often wrongly
+SPECULATE_MODES = ("off", "ngram")  # --speculate and the pair key `speculate`
+
+
+class Drafter(Protocol):
+    """Guesses the next tokens of a context (prompt + transcript, as token ids)."""
+
+    k: int  # the most tokens one draft holds
+
+    def draft(self, context: Sequence[int], *, limit: int) -> list[int]:
+        """Up to min(k, limit) guessed tokens that follow `context`; [] when there is no good guess."""
+
+    def reset(self) -> None:
+        """A new problem: forget earlier contexts."""
+
+    def truncate(self, length: int) -> None:
+        """The context was cut back to its first `length` tokens (a roll-back, a stop inside a draft)."""
+
+
+class NgramDrafter:
+    """Prompt lookup: the tokens that followed the most recent earlier occurrence of the context's last n-gram.
+
+    The longest of the last NGRAM_MAX..min_ngram tokens that occurred before wins. The index maps each n-gram
+    to the position after its latest occurrence and grows with the context (a few entries per call, not a scan
+    of the context); a hit is checked against the current context, so a stale entry never makes a draft.
+    """
+
+    def __init__(self, *, k: int = DEFAULT_DRAFT_TOKENS, min_ngram: int = NGRAM_MIN, max_ngram: int = NGRAM_MAX):
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"n-gram lengths must satisfy 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        self.k = k
+        self.min_ngram = min_ngram
+        self.max_ngram = max_ngram
+        self._index: dict[tuple[int, ...], int] = {}  # n-gram -> the position just after its latest occurrence
+        self._indexed = 0  # n-grams ending before this position are in the index
+
+    def reset(self) -> None:
+        self._index.clear()
+        self._indexed = 0
+
+    def truncate(self, length: int) -> None:
+        # Entries past `length` stay (a hit is checked before use); what is re-added after it is indexed again.
+        self._indexed = min(self._indexed, length)
+
+    def draft(self, context: Sequence[int], *, limit: int) -> list[int]:
+        count = min(self.k, limit)
+        end = len(context)
+        if count <= 0 or end == 0:
+            return []
+        self._extend(context)
+        for n in range(min(self.max_ngram, end - 1), self.min_ngram - 1, -1):
+            gram = tuple(context[end - n :])
+            after = self._index.get(gram)
+            if after is not None and after < end and tuple(context[after - n : after]) == gram:
+                return list(context[after : after + count])
+        return []
+
+    def _extend(self, context: Sequence[int]) -> None:
+        """Index the n-grams that end before the last token (each one then has a continuation)."""
+        end = len(context)
+        for stop in range(max(min(self._indexed, end), 1), end):  # min: a context cut back without truncate()
+            for n in range(1, min(self.max_ngram, stop) + 1):
+                self._index[tuple(context[stop - n : stop])] = stop
+        self._indexed = end
+
+
+def make_drafter(mode: str) -> Drafter | None:
+    """The drafter for a `speculate` setting (checked against SPECULATE_MODES by config); None for off."""
+    if mode == "ngram":
+        return NgramDrafter()
+    if mode == "off":
+        return None
+    raise ValueError(f"unknown speculate mode {mode!r}; expected one of {', '.join(SPECULATE_MODES)}")
