@@ -145,8 +145,10 @@ def fingerprint(plan: BenchPlan, *, pair: PairSpec, small: ModelSpec, large: Mod
     """The settings that make results comparable (stored in run.json). Modes, thresholds and the
     problem range are not in it: results are keyed by them, so one directory can grow."""
     router = {k: v for k, v in dataclasses.asdict(plan.settings).items() if k not in ("threshold", "sampling")}
+    speculate = {} if pair.speculate == "off" else {"speculate": pair.speculate}  # absent: stores made before it
     return {
         "pair": pair.name,
+        **speculate,
         "small": _model_fingerprint(small),
         "large": _model_fingerprint(large),
         "sampling": dataclasses.asdict(plan.settings.sampling),

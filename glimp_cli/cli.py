@@ -31,6 +31,7 @@ from glimp_cli.config import (
     override_pair,
     router_settings,
 )
+from glimp_cli.drafting import make_drafter
 from glimp_cli.errors import ConfigError, GlimpError, RunError, WriteError, did_you_mean, lone_surrogate
 from glimp_cli.policy import MODES, make_policy
 from glimp_cli.render import json_text
@@ -172,6 +173,13 @@ ThinkingBudgetOpt = Annotated[
 AnswerByOpt = Annotated[
     Optional[str], typer.Option("--answer-by", help="Who writes the final answer: large, small or last.")
 ]
+SpeculateOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--speculate",
+        help="Drafts the large model verifies in one call each: off, or ngram (prompt lookup) (default: the pair's).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of rich output.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Run at most this many problems.")]
 OffsetOpt = Annotated[int, typer.Option("--offset", min=0, help="Skip this many problems first.")]
@@ -196,6 +204,7 @@ OPTION_NAMES = {
     "step_max_tokens": "--max-step-tokens",
     "thinking_budget": "--thinking-budget",
     "answer_by": "--answer-by",
+    "speculate": "--speculate",
     "temperature": "--temperature",
     "top_p": "--top-p",
 }
@@ -220,6 +229,7 @@ class RunOptions:
     thinking_budget: int | None
     answer_by: str | None
     threshold: float | None = None
+    speculate: str | None = None
 
     def configure(self, *, calibrated: bool = True) -> tuple[Config, PairSpec, ModelSpec, ModelSpec, RouterSettings]:
         """The config (with saved calibrations unless told not to), the pair with the overrides, its models
@@ -233,6 +243,7 @@ class RunOptions:
             "step_max_tokens": self.max_step_tokens,
             "thinking_budget": self.thinking_budget,
             "answer_by": self.answer_by,
+            "speculate": self.speculate,
         }
         pair, small, large = resolve_pair(
             config, pair=self.pair, small=self.small, large=self.large, overrides=overrides
@@ -286,6 +297,13 @@ def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
     return backend.open_session(small_spec), backend.open_session(large_spec)
 
 
+def speculate_with(large_session, mode: str) -> None:
+    """The large model verifies drafts from the pair's `speculate` drafter (in its steps and the answer it writes)."""
+    drafter = make_drafter(mode)
+    if drafter is not None:
+        large_session.speculate = drafter
+
+
 # -- commands --------------------------------------------------------------------------------------
 
 
@@ -318,6 +336,7 @@ def ask(
     max_step_tokens: MaxStepTokensOpt = None,
     thinking_budget: ThinkingBudgetOpt = None,
     answer_by: AnswerByOpt = None,
+    speculate: SpeculateOpt = None,
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -340,10 +359,12 @@ def ask(
         thinking_budget,
         answer_by,
         threshold,
+        speculate=speculate,
     )
-    _, _, small_spec, large_spec, settings = options.configure()
+    _, pair_spec, small_spec, large_spec, settings = options.configure()
     policy = make_policy(mode, rate=rate)
     small_session, large_session = open_pair(small_spec, large_spec)
+    speculate_with(large_session, pair_spec.speculate)
     events = route(problem, small=small_session, large=large_session, settings=settings, policy=policy)
     if json_output:
         write_json_lines(events)
@@ -491,6 +512,7 @@ def bench(
     max_step_tokens: MaxStepTokensOpt = None,
     thinking_budget: ThinkingBudgetOpt = None,
     answer_by: AnswerByOpt = None,
+    speculate: SpeculateOpt = None,
     config: ConfigOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -500,8 +522,9 @@ def bench(
     from glimp_cli.store import open_store
 
     options = RunOptions(
-        config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by
-    )
+        config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by,
+        speculate=speculate,
+    )  # fmt: skip
     _, pair_spec, small_spec, large_spec, settings = options.configure()
     plan = benchmark.make_plan(
         data, settings=settings, modes=modes, thresholds=threshold, rate=rate,
@@ -516,6 +539,7 @@ def bench(
     ):
         display.notes(store.notes)
         small_session, large_session = open_pair(small_spec, large_spec)
+        speculate_with(large_session, pair_spec.speculate)
         summary = benchmark.run_bench(plan, small=small_session, large=large_session, store=store, on_progress=display)
     if json_output:
         print(json_text(summary, indent=2))
@@ -606,6 +630,7 @@ def calibrate(
     max_step_tokens: MaxStepTokensOpt = None,
     thinking_budget: ThinkingBudgetOpt = None,
     answer_by: AnswerByOpt = None,
+    speculate: SpeculateOpt = None,
     config: ConfigOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
@@ -615,8 +640,9 @@ def calibrate(
     from glimp_cli.store import open_store
 
     options = RunOptions(
-        config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by
-    )
+        config, pair, small, large, entropy, temperature, top_p, seed, max_step_tokens, thinking_budget, answer_by,
+        speculate=speculate,
+    )  # fmt: skip
     cfg, pair_spec, small_spec, large_spec, settings = options.configure(calibrated=False)
     plan = calibration.make_plan(
         data, settings=settings, target_rate=target_rate, sweep=sweep, thresholds=thresholds, rates=rates,
@@ -629,6 +655,7 @@ def calibrate(
     with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store:
         BenchDisplay(err, out=out).notes(store.notes)
         small_session, large_session = open_pair(small_spec, large_spec)
+        speculate_with(large_session, pair_spec.speculate)
         report = calibration.run_calibration(
             plan, small=small_session, large=large_session, store=store, display=lambda: BenchDisplay(err, out=out)
         )

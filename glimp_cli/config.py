@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from glimp_cli.drafting import SPECULATE_MODES
 from glimp_cli.entropy import ENTROPY_MODES
 from glimp_cli.errors import ConfigError, did_you_mean, lone_surrogate
 from glimp_cli.fit import DEFAULT_KV_CACHE_TYPE, KV_CACHE_TYPES, is_quantized
@@ -81,6 +82,7 @@ class PairSpec:
     step_max_tokens: int = DEFAULT_STEP_MAX_TOKENS
     thinking_budget: int = DEFAULT_THINKING_BUDGET
     answer_max_tokens: int = DEFAULT_ANSWER_MAX_TOKENS
+    speculate: str = "off"  # drafts verified by the large model: "off" | "ngram" (prompt lookup)
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ PAIR_CHECKS: dict[str, Check] = {
     "step_max_tokens": Bounds(1),
     "thinking_budget": Bounds(1),
     "answer_max_tokens": Bounds(1),
+    "speculate": one_of(SPECULATE_MODES),
 }
 MIN_N_CTX = 256  # room for a prompt, a step and an answer; below it llama.cpp or the first step fails
 MAX_LLAMA_INT = 2**31 - 1  # llama.cpp keeps these in 32-bit fields: a larger value would wrap silently

@@ -61,6 +61,13 @@ class ModelTotals:
     prefill_tokens: int  # evaluated but not sampled by this model (prompt, catch-up)
     decode_calls: int  # llama_decode calls after the prompt
     context_tokens: int  # tokens its cache holds at the end
+    drafted_tokens: int = 0  # speculative decoding: draft tokens the model verified
+    accepted_tokens: int = 0  # of which it sampled the same token
+    verify_calls: int = 0  # decode calls that verified a draft (part of decode_calls)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,10 @@ def summary_record(summary: Summary) -> dict[str, Any]:
         "prefill_tokens": {name: t.prefill_tokens for name, t in per_model.items()},
         "decode_calls": {name: t.decode_calls for name, t in per_model.items()},
         "context_tokens": {name: t.context_tokens for name, t in per_model.items()},
+        "drafted_tokens": {name: t.drafted_tokens for name, t in per_model.items()},
+        "accepted_tokens": {name: t.accepted_tokens for name, t in per_model.items()},
+        "verify_calls": {name: t.verify_calls for name, t in per_model.items()},
+        "acceptance_rate": {name: t.acceptance_rate for name, t in per_model.items()},
         "step_counts": {name: t.steps for name, t in per_model.items()},
         "latency_s": round(summary.latency_s, 6),
         "tokens_per_s": round(summary.tokens_per_s, 3),

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from glimp_cli.events import Answer, Delta, Event, Probe, Step, Summary, event_record
+from glimp_cli.events import Answer, Delta, Event, ModelTotals, Probe, Step, Summary, event_record
 
 MODEL_STYLES = {"small": "cyan", "large": "magenta"}
 BAR_WIDTH = 10
@@ -134,17 +134,23 @@ def summary_table(summary: Summary, names: dict[str, str]) -> Table:
         title=f"{len(summary.steps)} steps · finish: {summary.finish_reason} "
         f"· large share {summary.large_step_rate:.0%}"
     )
-    for column in ("model", "steps", "tokens", "prefill tokens", "decode calls"):
+    drafted = summary.small.drafted_tokens or summary.large.drafted_tokens  # a column only when speculating
+    columns = ("model", "steps", "tokens", "prefill tokens", "decode calls") + (("drafts accepted",) if drafted else ())
+    for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for role, totals in (("small", summary.small), ("large", summary.large)):
-        table.add_row(
-            Text(f"{role} ({names[role]})", style=MODEL_STYLES[role]),
-            str(totals.steps),
-            str(totals.tokens),
-            str(totals.prefill_tokens),
-            str(totals.decode_calls),
-        )
+        cells = [str(totals.steps), str(totals.tokens), str(totals.prefill_tokens), str(totals.decode_calls)]
+        if drafted:
+            cells.append(acceptance_cell(totals))
+        table.add_row(Text(f"{role} ({names[role]})", style=MODEL_STYLES[role]), *cells)
     table.caption = (
         f"wall {summary.latency_s:.2f} s · {summary.tokens_per_s:.1f} tokens/s · answer by {summary.answer_model}"
     )
     return table
+
+
+def acceptance_cell(totals: ModelTotals) -> str:
+    """Accepted of drafted tokens and the rate, e.g. '38/51 (75%)'; '-' when nothing was drafted."""
+    if totals.acceptance_rate is None:
+        return "-"
+    return f"{totals.accepted_tokens}/{totals.drafted_tokens} ({totals.acceptance_rate:.0%})"

@@ -220,4 +220,7 @@ def _totals(session: Session, steps: list[Step], name: str) -> ModelTotals:
         prefill_tokens=counters.prefill_tokens,
         decode_calls=counters.decode_calls,
         context_tokens=session.context_tokens(),
+        drafted_tokens=counters.drafted_tokens,
+        accepted_tokens=counters.accepted_tokens,
+        verify_calls=counters.verify_calls,
     )
