@@ -648,6 +648,12 @@ class ModelDrafter:
             session._cut(common)
         session._tokens += context[common:]
         self._synced = len(context)
+        if len(session._tokens) - session._llm.n_tokens > 1:
+            # Batched as the target batched them (a prompt or a catch-up, then the token sampled after it alone):
+            # the logits of a batch's rows can depend on its size, and then the greedy drafts would too.
+            last = session._tokens.pop()
+            session._flush()
+            session._tokens.append(last)
         drafts: list[int] = []
         while len(drafts) < count:
             token = session.sample()

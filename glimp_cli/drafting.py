@@ -35,8 +35,8 @@ class NgramDrafter:
     """Prompt lookup: the tokens that followed the most recent earlier occurrence of the context's last n-gram.
 
     The longest of the last NGRAM_MAX..min_ngram tokens that occurred before wins. The index maps each n-gram
-    to the position after its latest occurrence and grows with the context (a few entries per call, not a scan
-    of the context); a hit is checked against the current context, so a stale entry never makes a draft.
+    to the positions after its occurrences and grows with the context (a few entries per call, not a scan of
+    the context); a cut drops the positions past it (rare: a roll-back), so an earlier occurrence is found again.
     """
 
     def __init__(self, *, k: int = DEFAULT_DRAFT_TOKENS, min_ngram: int = NGRAM_MIN, max_ngram: int = NGRAM_MAX):
@@ -45,7 +45,7 @@ class NgramDrafter:
         self.k = k
         self.min_ngram = min_ngram
         self.max_ngram = max_ngram
-        self._index: dict[tuple[int, ...], int] = {}  # n-gram -> the position just after its latest occurrence
+        self._index: dict[tuple[int, ...], list[int]] = {}  # n-gram -> the positions just after its occurrences
         self._indexed = 0  # n-grams ending before this position are in the index
 
     def reset(self) -> None:
@@ -53,8 +53,12 @@ class NgramDrafter:
         self._indexed = 0
 
     def truncate(self, length: int) -> None:
-        # Entries past `length` stay (a hit is checked before use); what is re-added after it is indexed again.
-        self._indexed = min(self._indexed, length)
+        if length >= self._indexed:
+            return
+        for positions in self._index.values():  # ascending: the ones past the cut are last
+            while positions and positions[-1] >= length:
+                positions.pop()
+        self._indexed = length
 
     def draft(self, context: Sequence[int], *, limit: int) -> list[int]:
         count = min(self.k, limit)
@@ -64,18 +68,20 @@ class NgramDrafter:
         self._extend(context)
         for n in range(min(self.max_ngram, end - 1), self.min_ngram - 1, -1):
             gram = tuple(context[end - n :])
-            after = self._index.get(gram)
-            if after is not None and after < end and tuple(context[after - n : after]) == gram:
-                return list(context[after : after + count])
+            positions = self._index.get(gram)
+            # checked against the context: a cut that was not reported must not make a draft
+            if positions and tuple(context[positions[-1] - n : positions[-1]]) == gram:
+                return list(context[positions[-1] : positions[-1] + count])
         return []
 
     def _extend(self, context: Sequence[int]) -> None:
         """Index the n-grams that end before the last token (each one then has a continuation)."""
         end = len(context)
-        for stop in range(max(min(self._indexed, end), 1), end):  # min: a context cut back without truncate()
+        self.truncate(end)  # a context cut back without truncate()
+        for stop in range(max(self._indexed, 1), end):
             for n in range(1, min(self.max_ngram, stop) + 1):
-                self._index[tuple(context[stop - n : stop])] = stop
-        self._indexed = end
+                self._index.setdefault(tuple(context[stop - n : stop]), []).append(stop)
+        self._indexed = max(self._indexed, end)
 
 
 def make_drafter(mode: str) -> Drafter | None:

@@ -1,0 +1,419 @@
+"""Speculative decoding: drafted tokens verified by the model in one batch give the model's own text.
+
+The demo models are loaded with flash attention on and repacked CPU weights off: then each row of a verify
+batch holds exactly the logits of one token decoded alone, so "the same text as without drafts" is asserted
+token for token, cache state included. One thread each: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import llama_cpp  # isort: skip
+import pytest
+
+from glimp_cli.backend import ModelDrafter, open_session
+from glimp_cli.config import PairSpec, load_config, override_pair, router_settings
+from glimp_cli.drafting import NgramDrafter, make_drafter
+from glimp_cli.errors import ConfigError
+from glimp_cli.events import ModelTotals, summary_record
+from glimp_cli.policy import make_policy
+from glimp_cli.render import acceptance_cell
+from glimp_cli.router import run
+from glimp_cli.session import Sampling
+
+from conftest import NATALIA, gsm8k_problem
+
+GREEDY = Sampling(temperature=0.0)
+EXACT = {"n_threads": 1, "flash_attn": True, "repack": False}  # a batch's rows equal one token's logits
+
+
+# -- the n-gram drafter (no model) --------------------------------------------------------------------
+
+
+def test_ngram_drafts_what_followed_the_latest_earlier_occurrence():
+    context = [1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3]
+    assert NgramDrafter(k=3).draft(context, limit=3) == [7, 5, 1]
+
+
+def test_the_longest_matching_ngram_wins_over_a_more_recent_shorter_one():
+    # (4, 2, 3) occurred at the start; (2, 3) occurred more recently, followed by 6, 6
+    context = [4, 2, 3, 8, 8, 1, 2, 3, 6, 6, 4, 2, 3]
+    assert NgramDrafter(k=3).draft(context, limit=3) == [8, 8, 1]
+
+
+def test_no_draft_below_the_shortest_ngram():
+    context = [5, 6, 7, 5]  # only the single token 5 occurred before
+    assert NgramDrafter(k=3).draft(context, limit=3) == []
+    assert NgramDrafter(k=3, min_ngram=1).draft(context, limit=3) == [6, 7, 5]
+
+
+def test_a_draft_is_cut_to_k_and_to_the_limit():
+    context = [1, 2, 3, 4, 5, 6, 1, 2]
+    assert NgramDrafter(k=3).draft(context, limit=8) == [3, 4, 5]
+    assert NgramDrafter(k=3).draft(context, limit=1) == [3]
+    assert NgramDrafter(k=3).draft(context, limit=0) == []
+    assert NgramDrafter(k=5).draft(context, limit=8) == [3, 4, 5, 6, 1]
+
+
+def reference_draft(context: list[int], *, k: int, low: int, high: int) -> list[int]:
+    """The n-gram draft by scanning the whole context (what the incremental index must equal)."""
+    for n in range(min(high, len(context) - 1), low - 1, -1):
+        gram = context[len(context) - n :]
+        for after in range(len(context) - 1, n - 1, -1):
+            if context[after - n : after] == gram:
+                return context[after : after + k]
+    return []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_incremental_index_drafts_as_a_scan_of_the_whole_context_through_cuts_and_resets(seed):
+    rng = random.Random(seed)
+    drafter = NgramDrafter(k=3)
+    context: list[int] = []
+    for _ in range(400):
+        roll = rng.random()
+        if roll < 0.05:
+            context = []
+            drafter.reset()
+        elif roll < 0.2 and context:
+            del context[rng.randrange(len(context)) :]
+            drafter.truncate(len(context))
+        else:
+            context += [rng.randrange(4) for _ in range(rng.randint(1, 5))]
+        assert drafter.draft(context, limit=3) == reference_draft(context, k=3, low=2, high=3)
+
+
+def test_make_drafter_maps_the_speculate_setting():
+    assert make_drafter("off") is None
+    assert isinstance(make_drafter("ngram"), NgramDrafter)
+
+
+# -- settings, summary and table ------------------------------------------------------------------------
+
+
+def test_the_speculate_pair_key_is_checked_in_models_yaml_and_on_the_command_line(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n  s:\n    path: s.gguf\n  l:\n    path: l.gguf\n"
+        "pairs:\n  p:\n    small: s\n    large: l\n    speculate: lookup\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}:10: speculate must be one of off, ngram, got 'lookup'"
+    pair = PairSpec(name="p", small="s", large="l")
+    assert pair.speculate == "off"
+    assert override_pair(pair, {"speculate": "ngram"}, names={}).speculate == "ngram"
+    with pytest.raises(ConfigError) as error:
+        override_pair(pair, {"speculate": "model"}, names={"speculate": "--speculate"})
+    assert str(error.value) == "--speculate must be one of off, ngram, got 'model'"
+
+
+def test_summary_json_and_table_carry_the_draft_counters():
+    large = ModelTotals(
+        steps=2, tokens=40, prefill_tokens=9, decode_calls=20, context_tokens=60,
+        drafted_tokens=51, accepted_tokens=38, verify_calls=17,
+    )  # fmt: skip
+    small = ModelTotals(steps=1, tokens=5, prefill_tokens=9, decode_calls=5, context_tokens=60)
+    assert large.acceptance_rate == 38 / 51 and small.acceptance_rate is None
+    assert acceptance_cell(large) == "38/51 (75%)" and acceptance_cell(small) == "-"
+    from glimp_cli.events import Summary
+
+    summary = Summary(
+        answer="5", answer_model="large", finish_reason="eos", steps=(), large_step_rate=0.0,
+        small=small, large=large, latency_s=1.0, mode="large", threshold=1.0,
+    )  # fmt: skip
+    record = summary_record(summary)
+    assert record["drafted_tokens"] == {"small": 0, "large": 51}
+    assert record["accepted_tokens"] == {"small": 0, "large": 38}
+    assert record["verify_calls"] == {"small": 0, "large": 17}
+    assert record["acceptance_rate"] == {"small": None, "large": 38 / 51}
+
+
+# -- real models -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exact(demo_config):
+    """(pair, small session, large session, a second session on the large model's file) for exact verification."""
+    pair = demo_config.pair("demo")
+    large = dataclasses.replace(demo_config.model(pair.large), **EXACT)
+    small = dataclasses.replace(demo_config.model(pair.small), **EXACT)
+    sessions = open_session(small), open_session(large), open_session(large)
+    yield (pair, *sessions)
+    for session in sessions:
+        session.speculate = None
+
+
+@pytest.fixture(scope="module")
+def small_twins(demo_config):
+    """Two sessions on the small (chat) model's file: it ends its answers with an end-of-generation token."""
+    pair = demo_config.pair("demo")
+    small = dataclasses.replace(demo_config.model(pair.small), **EXACT)
+    return open_session(small), open_session(small)
+
+
+class RecordingDrafter:
+    """A drafter that records its drafts (and can raise on a given call)."""
+
+    def __init__(self, inner, *, raise_on_call: int | None = None) -> None:
+        self.inner, self.k = inner, inner.k
+        self.drafts: list[list[int]] = []
+        self.raise_on_call = raise_on_call
+
+    def draft(self, context, *, limit):
+        if self.raise_on_call is not None and len(self.drafts) + 1 == self.raise_on_call:
+            self.drafts.append([])
+            raise KeyboardInterrupt
+        out = self.inner.draft(context, limit=limit)
+        self.drafts.append(list(out))
+        return out
+
+    def reset(self):
+        self.inner.reset()
+
+    def truncate(self, length):
+        self.inner.truncate(length)
+
+
+class ScriptedDrafter:
+    """Drafts the model's known continuation, with the token at `wrong` (0-based in each draft) altered."""
+
+    def __init__(self, reference: list[int], *, prompt_len: int, wrong: int | None, k: int = 3) -> None:
+        self.reference, self.prompt_len, self.wrong, self.k = reference, prompt_len, wrong, k
+        self.drafts: list[list[int]] = []
+
+    def draft(self, context, *, limit):
+        at = len(context) - self.prompt_len
+        out = list(self.reference[at : at + min(self.k, limit)])
+        if self.wrong is not None and self.wrong < len(out):
+            out[self.wrong] += 1
+        self.drafts.append(out)
+        return out
+
+    def reset(self):
+        pass
+
+    def truncate(self, length):
+        pass
+
+
+def write(session, *, stops=(), max_tokens=30, stop_after=None):
+    """One step: its StepOutput; with stop_after, abandon it after that many text pieces (returns None)."""
+    step = session.generate_step(first_token=None, stops=stops, max_tokens=max_tokens)
+    pieces = []
+    try:
+        while stop_after is None or len(pieces) < stop_after:
+            pieces.append(next(step))
+    except StopIteration as done:
+        assert done.value.text == "".join(pieces)
+        return done.value
+    step.close()
+    return None
+
+
+def cached_positions(session) -> int:
+    memory = llama_cpp.llama_get_memory(session._llm.ctx)
+    return llama_cpp.llama_memory_seq_pos_max(memory, 0) + 1
+
+
+def assert_cache_is_exact(session) -> None:
+    """The KV cache holds the first evaluated_tokens() tokens and nothing else; the transcript is what it holds."""
+    n = session.evaluated_tokens()
+    assert cached_positions(session) == n <= session.context_tokens()
+    assert list(session._llm.input_ids[:n]) == session._tokens[:n]
+    assert session.held_text() == session.text
+
+
+def state(session) -> tuple:
+    """What must not depend on speculation: transcript, tokens, what the cache holds, the next logits."""
+    return session.text, list(session._tokens), session.evaluated_tokens(), session.next_token_logits().tobytes()
+
+
+def with_drafter(session, drafter):
+    """The session verifies this drafter's drafts; returns the drafter."""
+    session.speculate = drafter
+    return drafter
+
+
+@pytest.mark.parametrize(("mode", "problem"), [("glimp", 1), ("large", 2)])
+def test_temperature_zero_runs_are_identical_with_ngram_drafts(exact, mode, problem):
+    pair, small, large, _ = exact
+    settings = router_settings(pair, sampling=GREEDY)
+    text = gsm8k_problem(problem)
+    large.speculate = None
+    plain = run(text, small=small, large=large, settings=settings, policy=make_policy(mode))
+    plain_cache = large.text, large.evaluated_tokens()
+    with_drafter(large, NgramDrafter(k=3))
+    drafted = run(text, small=small, large=large, settings=settings, policy=make_policy(mode))
+    large.speculate = None
+    assert [(s.model, s.text, s.finish) for s in drafted.steps] == [(s.model, s.text, s.finish) for s in plain.steps]
+    assert drafted.answer == plain.answer and drafted.finish_reason == plain.finish_reason
+    assert (large.text, large.evaluated_tokens()) == plain_cache  # the same tokens are evaluated and pending
+    assert 0 < drafted.large.accepted_tokens < drafted.large.drafted_tokens  # some drafts kept, some rejected
+    assert drafted.large.decode_calls < plain.large.decode_calls
+    assert drafted.large.tokens == plain.large.tokens
+    assert_cache_is_exact(large)
+
+
+def test_a_drafter_on_the_same_model_file_has_every_draft_accepted(exact):
+    _, _, large, twin = exact
+    problem = gsm8k_problem(1)
+    large.speculate = None
+    large.start(problem, sampling=GREEDY)
+    plain = write(large, max_tokens=27)
+    drafter = with_drafter(large, RecordingDrafter(ModelDrafter(twin, k=3)))
+    large.start(problem, sampling=GREEDY)
+    out = write(large, max_tokens=27)
+    large.speculate = None
+    assert out == plain and out.tokens == 27
+    # the first token is sampled from the prompt's logits; then 6 batches of k + 1 = 4 tokens, then 1 draft + 1
+    assert [len(d) for d in drafter.drafts] == [3] * 6 + [1]
+    counters = large.counters
+    assert (counters.verify_calls, counters.drafted_tokens, counters.accepted_tokens) == (7, 19, 19)
+    assert_cache_is_exact(large)
+    # the drafter holds the target's context (its drafts were all kept) but the token sampled after the last draft
+    assert twin._tokens == large._tokens[:-1]
+    assert cached_positions(twin) == twin.evaluated_tokens()
+
+
+@pytest.mark.parametrize("wrong", [0, 1, 2])
+def test_a_rejection_at_any_draft_position_keeps_the_models_text(exact, wrong):
+    _, _, large, _ = exact
+    large.speculate = None
+    large.start(NATALIA, sampling=GREEDY)
+    plain = write(large, max_tokens=30)
+    prompt_len = len(large.prompt_tokens(NATALIA))
+    reference = large._tokens[prompt_len:]
+    drafter = with_drafter(large, ScriptedDrafter(reference, prompt_len=prompt_len, wrong=wrong))
+    large.start(NATALIA, sampling=GREEDY)
+    out = write(large, max_tokens=30)
+    large.speculate = None
+    assert out == plain
+    # each batch keeps the drafts before the wrong one, then the model's own token in its place
+    assert [len(d) for d in drafter.drafts] == expected_draft_lengths(30, wrong=wrong)
+    counters = large.counters
+    assert counters.verify_calls == len(drafter.drafts)
+    assert counters.drafted_tokens == sum(len(d) for d in drafter.drafts)
+    assert counters.accepted_tokens == sum(min(wrong, len(d)) for d in drafter.drafts)
+    assert_cache_is_exact(large)
+
+
+def expected_draft_lengths(max_tokens: int, *, wrong: int, k: int = 3) -> list[int]:
+    """The drafts' lengths when each batch keeps `wrong` drafts and one token of the model's own."""
+    lengths, sampled = [], 1  # the first token is sampled from the prompt's logits, without a draft
+    while sampled < max_tokens:
+        room = min(k, max_tokens - sampled - 1)  # a draft leaves room for the model's own token
+        if room <= 0:
+            sampled += 1
+            continue
+        lengths.append(room)
+        sampled += min(wrong, room) + 1
+    return lengths
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["stop-at-token-end", "stop-inside-token"])
+def test_a_stop_string_inside_an_accepted_run_leaves_the_cache_as_without_drafts(exact, cut):
+    _, _, large, twin = exact
+    large.speculate = None
+    large.start(NATALIA, sampling=GREEDY)
+    write(large, max_tokens=12)
+    prompt_len = len(large.prompt_tokens(NATALIA))
+    pieces = [large._piece_bytes(t) for t in large._tokens[prompt_len:]]
+    # tokens 1-4 come from the first batch, 5-8 from the second (5, 6, 7 drafted): the stop ends in token 6
+    if cut and len(pieces[6]) < 2:
+        pytest.skip("token 6 of this build's text is one byte: nothing to cut")
+    stop = b"".join(pieces[:6]) + (pieces[6][:1] if cut else pieces[6])
+    stops = (stop.decode("utf-8"),)
+
+    def two_steps(drafter):
+        large.speculate = drafter
+        large.start(NATALIA, sampling=GREEDY)
+        first = write(large, stops=stops, max_tokens=20)
+        after_first = state(large)
+        assert_cache_is_exact(large)
+        second = write(large, max_tokens=8)
+        return first, after_first, second, state(large)
+
+    plain = two_steps(None)
+    drafter = RecordingDrafter(ModelDrafter(twin, k=3))
+    drafted = two_steps(drafter)
+    large.speculate = None
+    assert drafted[0].text == stop.decode("utf-8") and drafted[0].finish == "stop"
+    assert drafted == plain
+    assert [len(d) for d in drafter.drafts[:2]] == [3, 3]  # the stop came inside the second batch's drafts
+
+
+def test_an_end_of_generation_token_inside_a_draft_ends_the_step_as_without_drafts(small_twins):
+    target, twin = small_twins
+    target.speculate = None
+    target.start(NATALIA, sampling=GREEDY)
+    plain = write(target, max_tokens=400)
+    plain_state = state(target)
+    assert plain.finish == "eos"
+    prompt_len = len(target.prompt_tokens(NATALIA))
+    reference = target._tokens[prompt_len:] + [target._llm.token_eos()]
+    # every draft is right; k is chosen so that the end falls inside a draft, not on a batch's bonus token
+    k = next(k for k in range(3, 10) if plain.tokens % (k + 1) != 0)
+    scripted = ScriptedDrafter(reference, prompt_len=prompt_len, wrong=None, k=k)
+    for drafter in (scripted, RecordingDrafter(ModelDrafter(twin, k=3))):
+        with_drafter(target, drafter)
+        target.start(NATALIA, sampling=GREEDY)
+        assert write(target, max_tokens=400) == plain
+        target.speculate = None
+        # the logits after the last token are read from its row of the batch
+        assert state(target) == plain_state
+        assert_cache_is_exact(target)
+    assert target.is_eos(scripted.drafts[-1][-1])  # the target accepted the drafts before it, then sampled it
+
+
+@pytest.mark.parametrize("where", ["between-batch-and-settle", "drafter-raises"])
+def test_an_interrupted_verified_step_leaves_both_caches_consistent(exact, where):
+    _, _, large, twin = exact
+    large.speculate = None
+    large.start(NATALIA, sampling=GREEDY)
+    whole = write(large, max_tokens=16)
+    prompt = len(large.prompt_tokens(NATALIA))
+    drafter = RecordingDrafter(ModelDrafter(twin, k=3), raise_on_call=2 if where == "drafter-raises" else None)
+    with_drafter(large, drafter)
+    large.start(NATALIA, sampling=GREEDY)
+    if where == "drafter-raises":
+        with pytest.raises(KeyboardInterrupt):
+            write(large, max_tokens=16)
+    else:
+        # piece 1 is the first token; pieces 2-5 come from one batch: stop after piece 3, inside it
+        assert write(large, max_tokens=16, stop_after=3) is None
+    assert large.counters.verify_calls == 1
+    # the step's tokens are gone, and so is the prompt's last one, whose logits the batch overwrote
+    assert large.text == "" and large.context_tokens() == prompt
+    assert large.evaluated_tokens() == prompt - 1 == cached_positions(large)
+    assert cached_positions(twin) == twin.evaluated_tokens()
+    drafter.raise_on_call = None
+    assert write(large, max_tokens=16) == whole
+    large.speculate = None
+    assert_cache_is_exact(large)
+    assert cached_positions(twin) == twin.evaluated_tokens()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_sampled_step_with_drafts_is_the_same_draw_as_without(exact, seed):
+    """At temperature > 0 the rows are sampled in order from the model's own chain: with equal logits, the same
+    seed draws the same tokens, whatever the drafts (so the distribution is the model's)."""
+    _, _, large, twin = exact
+    sampling = Sampling(temperature=0.8, top_p=0.95, seed=seed)
+    large.speculate = None
+    large.start(NATALIA, sampling=sampling)
+    plain = write(large, max_tokens=30)
+    results = []
+    for drafter in (NgramDrafter(k=3), ModelDrafter(twin, k=3)):
+        with_drafter(large, drafter)
+        large.start(NATALIA, sampling=sampling)
+        results.append((write(large, max_tokens=30), large.counters.drafted_tokens, large.counters.accepted_tokens))
+        large.speculate = None
+        assert_cache_is_exact(large)
+    assert [out for out, _, _ in results] == [plain, plain]
+    # the greedy drafter's guesses are checked against sampled tokens: some rejected
+    _, drafted, accepted = results[1]
+    assert 0 < accepted < drafted
