@@ -339,6 +339,12 @@ def solve(
         "finish_reason": summary.finish_reason,
         "seed": seed,
     }
+    if summary.large.verify_calls:  # speculative decoding (the large model's): its draft counters
+        record["drafts"] = {
+            "drafted": summary.large.drafted_tokens,
+            "accepted": summary.large.accepted_tokens,
+            "verify_calls": summary.large.verify_calls,
+        }
     if policy.needs_probe:  # every step was probed: both modes' entropies (nats), for calibrate
         record[PROBE_ENTROPIES] = {
             "full": [None if s.entropy_full is None else s.entropy_full + 0.0 for s in summary.steps],  # + 0.0: no -0.0
@@ -475,6 +481,8 @@ def _condition_summary(
     large_steps = sum(r["large_steps"] for r in ran)
     tokens_small = sum(r["tokens"]["small"] for r in ran)
     tokens_large = sum(r["tokens"]["large"] for r in ran)
+    drafted = sum(r["drafts"]["drafted"] for r in ran if "drafts" in r)
+    accepted = sum(r["drafts"]["accepted"] for r in ran if "drafts" in r)
     return {
         "label": condition.label,
         "mode": condition.mode,
@@ -496,6 +504,7 @@ def _condition_summary(
         "large_token_share": tokens_large / (tokens_small + tokens_large) if tokens_small + tokens_large else 0.0,
         "tokens_per_s": (tokens_small + tokens_large) / sum(latencies) if sum(latencies) > 0 else 0.0,
         "finish_reasons": dict(sorted(Counter(r["finish_reason"] for r in records).items())),
+        "draft_acceptance": accepted / drafted if drafted else None,  # the large model's drafts; None: no drafts
     }
 
 
@@ -545,6 +554,13 @@ def summary_caption(summary: dict[str, Any]) -> str:
     ]
     if "planned" in summary:
         parts[-1] += f" ({summary['finished']} of {summary['planned']} planned finished)"
+    accepted = [
+        f"{c['label']} {c['draft_acceptance']:.0%}"
+        for c in summary.get("conditions") or []
+        if c.get("draft_acceptance") is not None
+    ]
+    if accepted:
+        parts.append("large-model drafts accepted: " + ", ".join(accepted))
     overhead = summary.get("overhead") or {}
     if overhead.get("share") is not None:
         parts.append(

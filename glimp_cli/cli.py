@@ -370,7 +370,12 @@ def ask(
         write_json_lines(events)
         return
     renderer = LiveRenderer(Console(highlight=False), small_name=small_spec.name, large_name=large_spec.name)
-    renderer.legend(mode=policy.name, threshold=settings.threshold, entropy_mode=settings.entropy_mode)
+    renderer.legend(
+        mode=policy.name,
+        threshold=settings.threshold,
+        entropy_mode=settings.entropy_mode,
+        speculate=pair_spec.speculate,
+    )
     renderer.render(events)
 
 

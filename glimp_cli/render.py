@@ -59,13 +59,15 @@ class LiveRenderer:
         self._at_line_start = True
         self._step_shown = 0
 
-    def legend(self, *, mode: str, threshold: float, entropy_mode: str) -> None:
+    def legend(self, *, mode: str, threshold: float, entropy_mode: str, speculate: str = "off") -> None:
         text = Text()
         for role in ("small", "large"):
             text.append("■ ", style=MODEL_STYLES[role]).append(
                 f"{role} = {self.names[role]}   ", style=MODEL_STYLES[role]
             )
         text.append(f"mode {mode} · threshold {threshold:g} nats ({entropy_mode} entropy)", style="dim")
+        if speculate != "off":
+            text.append(f" · large model verifies {speculate} drafts", style="dim")
         self.console.print(text)
 
     def render(self, events: Iterable[Event]) -> Summary | None:

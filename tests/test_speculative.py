@@ -12,14 +12,16 @@ import random
 
 import llama_cpp  # isort: skip
 import pytest
+from rich.console import Console
 
+from glimp_cli import bench
 from glimp_cli.backend import ModelDrafter, open_session
 from glimp_cli.config import PairSpec, load_config, override_pair, router_settings
 from glimp_cli.drafting import NgramDrafter, make_drafter
 from glimp_cli.errors import ConfigError
-from glimp_cli.events import ModelTotals, summary_record
+from glimp_cli.events import ModelTotals, Summary, summary_record
 from glimp_cli.policy import make_policy
-from glimp_cli.render import acceptance_cell
+from glimp_cli.render import LiveRenderer, acceptance_cell
 from glimp_cli.router import run
 from glimp_cli.session import Sampling
 
@@ -119,8 +121,6 @@ def test_summary_json_and_table_carry_the_draft_counters():
     small = ModelTotals(steps=1, tokens=5, prefill_tokens=9, decode_calls=5, context_tokens=60)
     assert large.acceptance_rate == 38 / 51 and small.acceptance_rate is None
     assert acceptance_cell(large) == "38/51 (75%)" and acceptance_cell(small) == "-"
-    from glimp_cli.events import Summary
-
     summary = Summary(
         answer="5", answer_model="large", finish_reason="eos", steps=(), large_step_rate=0.0,
         small=small, large=large, latency_s=1.0, mode="large", threshold=1.0,
@@ -417,3 +417,38 @@ def test_a_sampled_step_with_drafts_is_the_same_draw_as_without(exact, seed):
     # the greedy drafter's guesses are checked against sampled tokens: some rejected
     _, drafted, accepted = results[1]
     assert 0 < accepted < drafted
+
+
+def test_the_ask_legend_names_the_draft_source_only_when_speculating():
+    lines = []
+    for speculate in ("off", "ngram"):
+        console = Console(record=True, width=200)
+        LiveRenderer(console, small_name="s", large_name="l").legend(
+            mode="glimp", threshold=1.0, entropy_mode="full", speculate=speculate
+        )
+        lines.append(console.export_text().strip())
+    assert lines[0] == "■ small = s   ■ large = l   mode glimp · threshold 1 nats (full entropy)"
+    assert lines[1] == lines[0] + " · large model verifies ngram drafts"
+
+
+def test_bench_sums_the_large_models_drafts_per_mode_and_names_the_rate_under_its_table():
+    def record(problem_id, drafts):
+        base = {
+            "id": problem_id, "correct": True, "finish_reason": "eos", "latency_s": 1.0, "steps": 2,
+            "large_steps": 2, "tokens": {"small": 0, "large": 10},
+        }  # fmt: skip
+        return {**base, "drafts": drafts} if drafts else base
+
+    records = [
+        record(1, {"drafted": 8, "accepted": 6, "verify_calls": 3}),
+        record(2, {"drafted": 2, "accepted": 0, "verify_calls": 1}),
+        record(3, None),  # no draft found in this problem
+    ]
+    drafted = bench._condition_summary(bench.Condition("large"), records, {})
+    plain = bench._condition_summary(bench.Condition("small"), [record(1, None)], {})
+    assert drafted["draft_acceptance"] == 0.6 and plain["draft_acceptance"] is None
+    summary = {
+        "pair": "demo", "small": "s", "large": "l", "results": 4, "sampling": {},
+        "conditions": [drafted, plain],
+    }  # fmt: skip
+    assert bench.summary_caption(summary).endswith(" · large-model drafts accepted: large 60%")
