@@ -8,13 +8,16 @@ token for token, cache state included. One thread each: the machine is shared.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+import subprocess
+import sys
 
 import llama_cpp  # isort: skip
 import pytest
 from rich.console import Console
 
-from glimp_cli import bench
+from glimp_cli import bench, cli
 from glimp_cli.backend import ModelDrafter, open_session
 from glimp_cli.config import PairSpec, load_config, override_pair, router_settings
 from glimp_cli.drafting import NgramDrafter, make_drafter
@@ -25,6 +28,7 @@ from glimp_cli.render import LiveRenderer, acceptance_cell
 from glimp_cli.router import run
 from glimp_cli.session import Sampling
 
+from cli_helpers import one_error_line, run_main
 from conftest import NATALIA, gsm8k_problem
 
 GREEDY = Sampling(temperature=0.0)
@@ -452,3 +456,24 @@ def test_bench_sums_the_large_models_drafts_per_mode_and_names_the_rate_under_it
         "conditions": [drafted, plain],
     }  # fmt: skip
     assert bench.summary_caption(summary).endswith(" · large-model drafts accepted: large 60%")
+
+
+def test_a_bad_speculate_option_is_one_line_before_any_model_loads(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "open_pair", lambda *_: pytest.fail("a model was loaded"))
+    code, err = run_main(monkeypatch, capsys, "ask", "What is 2 + 3?", "--speculate", "lookup")
+    assert code == 2
+    assert one_error_line(err) == "--speculate must be one of off, ngram, got 'lookup'"
+
+
+def test_ask_with_ngram_speculation_reports_the_large_models_drafts_in_json(tmp_path):
+    args = ["ask", NATALIA, "--json", "--mode", "large", "--speculate", "ngram", "--temperature", "0"]
+    result = subprocess.run(
+        [sys.executable, "-m", "glimp_cli", *args, "--max-step-tokens", "16", "--thinking-budget", "24"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["verify_calls"]["small"] == summary["drafted_tokens"]["small"] == 0
+    assert summary["verify_calls"]["large"] > 0
+    drafted, accepted = summary["drafted_tokens"]["large"], summary["accepted_tokens"]["large"]
+    assert summary["acceptance_rate"] == {"small": None, "large": accepted / drafted}
