@@ -302,6 +302,14 @@ def speculate_with(large_session, mode: str) -> None:
     drafter = make_drafter(mode)
     if drafter is not None:
         large_session.speculate = drafter
+        spec = large_session.spec
+        if not spec.flash_attn or spec.repack:
+            # llama.cpp's rows of a verify batch match one-token decodes only so (measured on the CPU backend)
+            print(
+                f"glimp: note: drafts are verified in batches; for the greedy text of '{spec.name}' exactly as "
+                "without them, give it flash_attn: true and repack: false in models.yaml",
+                file=sys.stderr,
+            )
 
 
 # -- commands --------------------------------------------------------------------------------------

@@ -477,3 +477,25 @@ def test_ask_with_ngram_speculation_reports_the_large_models_drafts_in_json(tmp_
     assert summary["verify_calls"]["large"] > 0
     drafted, accepted = summary["drafted_tokens"]["large"], summary["accepted_tokens"]["large"]
     assert summary["acceptance_rate"] == {"small": None, "large": accepted / drafted}
+
+
+def test_speculation_without_the_exact_settings_says_how_to_get_them(capsys):
+    import types
+
+    from glimp_cli.cli import speculate_with
+    from glimp_cli.config import ModelSpec
+
+    loose = types.SimpleNamespace(spec=ModelSpec(name="big", path="big.gguf"), speculate=None)
+    speculate_with(loose, "ngram")
+    assert loose.speculate is not None
+    assert capsys.readouterr().err == (
+        "glimp: note: drafts are verified in batches; for the greedy text of 'big' exactly as without them, "
+        "give it flash_attn: true and repack: false in models.yaml\n"
+    )
+    exact = types.SimpleNamespace(
+        spec=ModelSpec(name="big", path="b.gguf", flash_attn=True, repack=False), speculate=None
+    )
+    speculate_with(exact, "ngram")
+    off = types.SimpleNamespace(spec=ModelSpec(name="big", path="b.gguf"), speculate=None)
+    speculate_with(off, "off")
+    assert exact.speculate is not None and off.speculate is None and capsys.readouterr().err == ""
