@@ -34,13 +34,14 @@ class SkippedArray:
 Value = Union[int, float, bool, str, tuple, SkippedArray]
 
 
-def read_gguf_header(path: str | Path) -> dict[str, Value]:
+def read_gguf_header(path: str | Path, *, string_arrays: tuple[str, ...] = ()) -> dict[str, Value]:
     """The header key/values of a GGUF file: scalars, strings, and numeric arrays up to MAX_KEPT_ARRAY entries
-    (as tuples); longer arrays and arrays of strings map to a SkippedArray."""
+    (as tuples); longer arrays and arrays of strings map to a SkippedArray, except the string arrays named in
+    `string_arrays` (e.g. "tokenizer.ggml.tokens"), kept whole as tuples of strings."""
     path = Path(path)
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _HeaderParser(data, path).key_values()
+            return _HeaderParser(data, path, string_arrays=string_arrays).key_values()
     except ValueError:  # mmap refuses an empty file
         raise ModelFileError(f"{path}: not a GGUF file (the file is empty)") from None
     except OSError as exc:
@@ -48,8 +49,9 @@ def read_gguf_header(path: str | Path) -> dict[str, Value]:
 
 
 class _HeaderParser:
-    def __init__(self, data: mmap.mmap, path: Path) -> None:
+    def __init__(self, data: mmap.mmap, path: Path, *, string_arrays: tuple[str, ...]) -> None:
         self._data = data
+        self._string_arrays = string_arrays
         self._path = path
         self._offset = 0
         self._order = "<"
@@ -70,7 +72,7 @@ class _HeaderParser:
         values: dict[str, Value] = {}
         for _ in range(kv_count):
             key = self._string()
-            values[key] = self._value(self._scalar("I"))
+            values[key] = self._value(self._scalar("I"), keep_strings=key in self._string_arrays)
         return values
 
     def _scalar(self, fmt: str):
@@ -91,17 +93,17 @@ class _HeaderParser:
         self._offset = end
         return text
 
-    def _value(self, kind: int) -> Value:
+    def _value(self, kind: int, *, keep_strings: bool = False) -> Value:
         if kind == _STRING:
             return self._string()
         if kind == _ARRAY:
-            return self._array()
+            return self._array(keep_strings=keep_strings)
         fmt = _SCALAR_FORMATS.get(kind)
         if fmt is None:
             raise ModelFileError(f"{self._path}: unknown GGUF value type {kind} at byte {self._offset - 4}")
         return self._scalar(fmt)
 
-    def _array(self) -> tuple | SkippedArray:
+    def _array(self, *, keep_strings: bool) -> tuple | SkippedArray:
         kind = self._scalar("I")
         count = self._scalar("Q")
         fmt = _SCALAR_FORMATS.get(kind)
@@ -115,6 +117,8 @@ class _HeaderParser:
             items = struct.unpack_from(f"{self._order}{count}{fmt}", self._data, self._offset)
             self._offset += size
             return items
+        if kind == _STRING and keep_strings:
+            return tuple(self._string() for _ in range(count))
         if kind == _STRING:  # each string carries its length: walk them, keep none
             length = struct.Struct(self._order + "Q")
             offset, data, end = self._offset, self._data, len(self._data)

@@ -31,7 +31,6 @@ import hashlib
 import importlib.metadata
 import os
 import re
-import struct
 import subprocess
 import sys
 import tarfile
@@ -41,6 +40,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from glimp_cli.errors import ModelFileError
+from glimp_cli.gguf_header import read_gguf_header
 
 BUILDER_VERSION = 1  # bump on any change to what is written: cached files are rebuilt under a new folder name
 CACHE_ENV = "GLIMP_TEST_CACHE"
@@ -480,60 +482,17 @@ class Vocabulary:
 
 
 def read_vocabulary(path: Path) -> Vocabulary:
-    """Tokens below the added-token ids, and the merges, of ggml-vocab-qwen2.gguf."""
-    arrays = _read_string_arrays(path, ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"))
-    return Vocabulary(tokens=arrays["tokenizer.ggml.tokens"][:QWEN_BASE_VOCAB], merges=arrays["tokenizer.ggml.merges"])
-
-
-GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-GGUF_STRING, GGUF_ARRAY = 8, 9
-
-
-def _read_string_arrays(path: Path, keys: tuple[str, ...]) -> dict[str, list[str]]:
-    """The string-array values of `keys` in a GGUF's key-value section.
-
-    gguf.GGUFReader does the same but builds a numpy view per string: 15 s for this file on a busy machine,
-    against a fraction of a second here."""
-    data = path.read_bytes()
-    if data[:4] != b"GGUF":
-        raise TinyModelError(f"{path} is not a GGUF file")
-    _version, _n_tensors, n_kv = struct.unpack_from("<IQQ", data, 4)
-    offset = 24
-    found: dict[str, list[str]] = {}
-
-    def string(at: int) -> tuple[str, int]:
-        (length,) = struct.unpack_from("<Q", data, at)
-        return data[at + 8 : at + 8 + length].decode("utf-8"), at + 8 + length
-
-    def skip(kind: int, at: int) -> int:
-        if kind == GGUF_STRING:
-            return string(at)[1]
-        return at + struct.calcsize("<" + GGUF_SCALARS[kind])
-
-    for _ in range(n_kv):
-        key, offset = string(offset)
-        (kind,) = struct.unpack_from("<I", data, offset)
-        offset += 4
-        if kind != GGUF_ARRAY:
-            offset = skip(kind, offset)
-            continue
-        item_kind, count = struct.unpack_from("<IQ", data, offset)
-        offset += 12
-        if key in keys and item_kind == GGUF_STRING:
-            values = []
-            for _ in range(count):
-                value, offset = string(offset)
-                values.append(value)
-            found[key] = values
-        elif item_kind == GGUF_STRING:
-            for _ in range(count):
-                offset = string(offset)[1]
-        else:
-            offset += count * struct.calcsize("<" + GGUF_SCALARS[item_kind])
-    missing = [key for key in keys if key not in found]
+    """Tokens below the added-token ids, and the merges, of ggml-vocab-qwen2.gguf (read by glimp's own GGUF header
+    reader: gguf.GGUFReader builds a numpy view per string, 15 s for this file on a busy machine)."""
+    keys = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
+    try:
+        header = read_gguf_header(path, string_arrays=keys)
+    except ModelFileError as exc:
+        raise TinyModelError(str(exc)) from exc
+    missing = [key for key in keys if not isinstance(header.get(key), tuple)]
     if missing:
         raise TinyModelError(f"{path} has no {', '.join(missing)}")
-    return found
+    return Vocabulary(tokens=list(header[keys[0]][:QWEN_BASE_VOCAB]), merges=list(header[keys[1]]))
 
 
 def write_model(path: Path, *, family: Family, shape: Shape, vocabulary: Vocabulary, template: str, name: str) -> None:
