@@ -1,6 +1,7 @@
 """glimp's speed next to llama.cpp's own: the decode loop, routed latency against its ideal, time outside llama.cpp.
 
-    python -m benchmarks.perf [--problems 10] [--tokens 256] [--repeats 3] [--json]
+    python -m benchmarks.perf [--problems 10] [--tokens 256] [--repeats 3] [--figures decode,headline,speculation]
+                              [--json]
 
 1. decode loop: tokens/s of glimp --mode small (then large) over llama-cpp-python's own loop, same prompt and tokens;
 2. headline: glimp at the threshold that sends ~25% of steps to the large model against --mode large on gsm8k
@@ -24,9 +25,10 @@ from pathlib import Path
 
 import llama_cpp  # isort: skip  # before numpy, as in glimp_cli.backend
 
-from glimp_cli.backend import backend_info, open_session
+from glimp_cli.backend import ModelDrafter, backend_info, draftable_tokens, open_session
 from glimp_cli.calibrate import threshold_for_rate
-from glimp_cli.config import PACKAGED_CONFIG, load_config, router_settings
+from glimp_cli.cli import speculate_with
+from glimp_cli.config import PACKAGED_CONFIG, load_config, router_settings, speculation_settings
 from glimp_cli.dataset import load_problems
 from glimp_cli.errors import GlimpError
 from glimp_cli.events import ModelTotals
@@ -42,6 +44,7 @@ REFERENCE_TOKENS = 256  # llama-cpp-python's own loop, timed for the ideal's rat
 # A CUDA build runs the first one-token calls after a multi-token call without its CUDA graph, then
 # captures one: a steady time per token starts after them.
 WARM_UP_TOKENS = 3
+FIGURES = ("decode", "headline", "speculation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +262,75 @@ def headline(problems, small, large, settings: RouterSettings, log: CallLog, *, 
     }
 
 
+def speculation(problems, config, pair, settings: RouterSettings, *, repeats: int) -> dict:
+    """Figure 4: each problem in every configuration in turn (a slow minute slows them all), `repeats` passes.
+
+    Configurations: large and glimp without and with the pair's drafts (auto), all loaded with the exact settings
+    (flash attention on, repack off) that speculation needs; large alone with llama.cpp's default (faster CPU)
+    settings, the baseline a user without speculation has; and large with a draft from its own file.
+    """
+    exact = {
+        role: speculation_settings(config.model(getattr(pair, role)), speculating=True) for role in ("small", "large")
+    }
+    default = speculation_settings(config.model(pair.large), speculating=False)
+    small, large, twin = open_session(exact["small"]), open_session(exact["large"]), open_session(exact["large"])
+    large_default = open_session(default)
+    source = speculate_with(small, large, dataclasses.replace(pair, speculate="auto"))
+    drafter, large.speculate = large.speculate, None
+    draftable, _ = draftable_tokens(twin, large)
+    twin_drafter = ModelDrafter(twin, draftable=draftable, k=pair.draft_tokens, p_min=0.0)
+    routed = dataclasses.replace(settings, threshold=find_threshold(problems, small, large, settings))
+    configurations = {  # name: (small, large, its drafter, policy, settings)
+        "large (default settings)": (small, large_default, None, "large", settings),
+        "large": (small, large, None, "large", settings),
+        f"large + {source.source} drafts": (small, large, drafter, "large", settings),
+        "large + own-file drafts": (twin, large, twin_drafter, "large", settings),
+        "glimp": (small, large, None, "glimp", routed),
+        f"glimp + {source.source} drafts": (small, large, drafter, "glimp", routed),
+    }
+    results: dict[str, list] = {name: [] for name in configurations}  # per pass: the summaries
+    for index in range(repeats):
+        progress(f"speculation: pass {index + 1}/{repeats} over {len(problems)} problems")
+        for name in configurations:
+            results[name].append([])
+        for problem in problems:
+            for name, (s, la, d, mode, how) in configurations.items():
+                la.speculate = d
+                try:
+                    summary = run(problem.text, small=s, large=la, settings=how, policy=make_policy(mode))
+                finally:
+                    la.speculate = None
+                results[name][-1].append(summary)
+
+    def texts(summaries) -> list:
+        return [([st.text for st in x.steps], x.answer) for x in summaries]
+
+    baseline = {"large": results["large"][0], "glimp": results["glimp"][0]}
+    figures = {}
+    for name, passes in results.items():
+        seconds = [sum(x.latency_s for x in summaries) for summaries in passes]
+        totals = [x.large for x in passes[0]]
+        drafted, accepted = sum(t.drafted_tokens for t in totals), sum(t.accepted_tokens for t in totals)
+        calls = sum(t.decode_calls for t in totals)
+        reference = baseline["glimp" if name.startswith("glimp") else "large"]
+        figures[name] = {
+            "seconds": spread(seconds),
+            "ratio": spread([a / b for a, b in zip(seconds, [sum(x.latency_s for x in p) for p in results["large"]])]),
+            "acceptance": accepted / drafted if drafted else None,
+            "large_tokens_per_call": sum(t.tokens for t in totals) / calls if calls else None,
+            "verify_calls": sum(t.verify_calls for t in totals),
+            "differing_texts": sum(a != b for a, b in zip(texts(passes[0]), texts(reference))),
+        }
+    return {
+        "source": dataclasses.asdict(source),
+        "draft_tokens": pair.draft_tokens,
+        "draft_p_min": pair.draft_p_min,
+        "threshold": routed.threshold,
+        "problems": len(problems),
+        "configurations": figures,
+    }
+
+
 _STARTED = time.perf_counter()
 
 
@@ -274,34 +346,48 @@ def print_report(report: dict) -> None:
     def figure(s: dict, form: str = ".3f") -> str:
         return f"{s['median']:{form}} ({s['min']:{form}}-{s['max']:{form}})"
 
-    d, h = report["decode"], report["headline"]
     print(f"glimp performance: medians (min-max) of {report['repeats']} repeats")
-    for role in ("small", "large"):
+    d, h = report.get("decode"), report.get("headline")
+    for role in ("small", "large") if d else ():
         r = d[role]
         print(
             f"1. decode loop, {role}, glimp / llama-cpp-python [>= 0.97]: {figure(r['ratio'])}; "
             f"{r['glimp_tps']['median']:.1f} vs {r['llama_cpp_tps']['median']:.1f} tok/s ({r['tokens']} tokens)"
         )
-    print(
-        f"2. glimp / large latency at {h['large_step_share']:.0%} large steps (threshold {h['threshold']:g}): "
-        f"{figure(h['ratio'])}; ideal {figure(h['ideal_ratio'])}, measured / ideal {figure(h['ratio_over_ideal'])}; "
-        f"{h['seconds']['glimp']['median']:.1f} s vs {h['seconds']['large']['median']:.1f} s"
-    )
-    print(
-        f"   latency over its ideal, routed runs [<= 1.05]: {figure(h['seconds_over_ideal']['glimp'])}; "
-        f"large-only runs {figure(h['seconds_over_ideal']['large'])}"
-    )
-    print(
-        f"3. time outside llama.cpp, routed runs [<= 2%]: {figure(h['outside_share']['glimp'], '.2%')}, "
-        f"{figure(h['outside_ms_per_step'], '.2f')} ms per step; large-only runs "
-        f"{figure(h['outside_share']['large'], '.2%')}"
-    )
-    for role in ("small", "large"):
+    if h:
+        print(
+            f"2. glimp / large latency at {h['large_step_share']:.0%} large steps (threshold {h['threshold']:g}): "
+            f"{figure(h['ratio'])}; ideal {figure(h['ideal_ratio'])}, measured / ideal "
+            f"{figure(h['ratio_over_ideal'])}; {h['seconds']['glimp']['median']:.1f} s vs "
+            f"{h['seconds']['large']['median']:.1f} s"
+        )
+        print(
+            f"   latency over its ideal, routed runs [<= 1.05]: {figure(h['seconds_over_ideal']['glimp'])}; "
+            f"large-only runs {figure(h['seconds_over_ideal']['large'])}"
+        )
+        print(
+            f"3. time outside llama.cpp, routed runs [<= 2%]: {figure(h['outside_share']['glimp'], '.2%')}, "
+            f"{figure(h['outside_ms_per_step'], '.2f')} ms per step; large-only runs "
+            f"{figure(h['outside_share']['large'], '.2%')}"
+        )
+    for role in ("small", "large") if d else ():
         outside = d[role]["outside_share"]
         print(
             f"   decode loop, {role}: glimp {figure(outside['glimp'], '.2%')}, "
             f"llama-cpp-python {figure(outside['llama_cpp'], '.2%')}"
         )
+    if "speculation" in report:
+        sp = report["speculation"]
+        print(
+            f"4. speculation ({sp['source']['source']}: {sp['source']['reason']}; k = {sp['draft_tokens']}), "
+            f"{sp['problems']} problems, latency over large's (same settings):"
+        )
+        for name, f in sp["configurations"].items():
+            acceptance = "-" if f["acceptance"] is None else f"{f['acceptance']:.0%}"
+            print(
+                f"   {name:28} {figure(f['ratio'])}  {f['seconds']['median']:6.1f} s  drafts accepted {acceptance:>4}"
+                f"  large tokens/call {f['large_tokens_per_call']:.2f}  texts differing {f['differing_texts']}"
+            )
     m = report["machine"]
     print(
         f"machine: {m['cpu']}, {m['cores']} cores, llama-cpp-python {m['llama_cpp_python']}, "
@@ -324,7 +410,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pair", default="demo", help="pair name in the config")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="gsm8k-style JSON Lines")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--figures",
+        type=lambda text: text.split(","),
+        default=list(FIGURES),
+        help=f"which figures, comma-separated: {','.join(FIGURES)}",
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.figures if name not in FIGURES]
+    if unknown:
+        parser.error(f"unknown figure {unknown[0]!r}; expected some of {','.join(FIGURES)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,12 +429,18 @@ def main(argv: list[str] | None = None) -> int:
     pair = config.pair(args.pair)
     problems = load_problems(args.data, limit=args.problems)
     settings = router_settings(pair, sampling=GREEDY)  # the only place the pair's routing settings are read
-    small, large = open_session(config.model(pair.small)), open_session(config.model(pair.large))
     report = {"pair": args.pair, "repeats": args.repeats, "machine": machine()}
-    with CallLog({"small": small, "large": large}) as log:
-        progress("decode loops")
-        report["decode"] = decode_loops(small, large, settings, log, n_tokens=args.tokens, repeats=args.repeats)
-        report["headline"] = headline(problems, small, large, settings, log, repeats=args.repeats)
+    if "decode" in args.figures or "headline" in args.figures:
+        small, large = open_session(config.model(pair.small)), open_session(config.model(pair.large))
+        with CallLog({"small": small, "large": large}) as log:
+            if "decode" in args.figures:
+                progress("decode loops")
+                report["decode"] = decode_loops(small, large, settings, log, n_tokens=args.tokens, repeats=args.repeats)
+            if "headline" in args.figures:
+                report["headline"] = headline(problems, small, large, settings, log, repeats=args.repeats)
+        del small, large  # the speculation figure loads its own sessions
+    if "speculation" in args.figures:
+        report["speculation"] = speculation(problems, config, pair, settings, repeats=args.repeats)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

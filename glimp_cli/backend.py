@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from glimp_cli.config import ModelSpec
-from glimp_cli.drafting import DEFAULT_DRAFT_TOKENS, Drafter
+from glimp_cli.drafting import DEFAULT_DRAFT_P_MIN, DEFAULT_DRAFT_TOKENS, Drafter
 from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
 from glimp_cli.errors import ConfigError, ContextError, MemoryShortError, ModelFileError, RunError
 from glimp_cli.fit import context_failure_message, model_failure_message
@@ -79,7 +79,7 @@ def load_llama(spec: ModelSpec, path: Path):
     threads = spec.n_threads or default_threads()
     with (
         _ctrl_c_aborts_load() as interrupted,
-        _load_progress(lambda progress, user_data: not interrupted(), repack=spec.repack),
+        _load_progress(lambda progress, user_data: not interrupted(), repack=spec.repack is not False),
     ):
         try:
             return Llama(
@@ -90,7 +90,7 @@ def load_llama(spec: ModelSpec, path: Path):
                 n_threads=threads,
                 n_threads_batch=threads,
                 n_gpu_layers=spec.n_gpu_layers,
-                flash_attn=spec.flash_attn,
+                flash_attn=bool(spec.flash_attn),
                 type_k=KV_CACHE_GGML_TYPES[spec.type_k],
                 type_v=KV_CACHE_GGML_TYPES[spec.type_v],
                 logits_all=False,
@@ -504,6 +504,7 @@ class VerifiedDrafts(LlamaStep):
     def __init__(self, session: LlamaSession, first_token: int | None, *, drafter: Drafter) -> None:
         super().__init__(session)
         self._drafter = drafter
+        drafter.begin_step(session._text, context_length=len(session._tokens))
         self._next = first_token
         self._proposed: list[int] = []  # the last proposal's tokens: its accepted drafts, then the new token
         self._in_cache = 0  # how many of them the cache holds (the accepted drafts)
@@ -608,60 +609,130 @@ class VerifiedDrafts(LlamaStep):
             llm.n_tokens = keep
             session._own_pending = 0
         self._drafter.truncate(len(session._tokens))
+        self._drafter.end_step(None)
+
+    def commit(self, out: StepOutput) -> None:
+        super().commit(out)
+        self._drafter.end_step(out.text)
+
+
+ORDINARY_ATTRS = llama_cpp.LLAMA_TOKEN_ATTR_NORMAL | llama_cpp.LLAMA_TOKEN_ATTR_BYTE
+# user-defined tokens are text too (Gemma's runs of newlines and spaces, Qwen's <think>); control, unused and
+# unknown tokens never are
+DRAFTABLE_ATTRS = ORDINARY_ATTRS | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+
+
+def draftable_tokens(small: LlamaSession, large: LlamaSession) -> tuple[np.ndarray | None, str | None]:
+    """The token ids the small model may draft for the large one, or None and how the vocabularies differ.
+
+    An id is draftable where both models hold it as a text token (ordinary, byte or user-defined, not control
+    or end-of-generation) with the same text. An id that is ordinary in both with different texts means the
+    vocabularies disagree: then nothing is drafted.
+    """
+    vocabs = small._vocab, large._vocab
+    sizes = [llama_cpp.llama_vocab_n_tokens(vocab) for vocab in vocabs]
+    draftable = np.zeros(min(sizes), dtype=bool)
+    for token in range(len(draftable)):
+        attrs = [llama_cpp.llama_vocab_get_attr(vocab, token) for vocab in vocabs]
+        if not (attrs[0] & DRAFTABLE_ATTRS and attrs[1] & DRAFTABLE_ATTRS):
+            continue
+        texts = [llama_cpp.llama_vocab_get_text(vocab, token) for vocab in vocabs]
+        if texts[0] == texts[1]:
+            draftable[token] = not any(llama_cpp.llama_vocab_is_eog(vocab, token) for vocab in vocabs)
+        elif attrs[0] & ORDINARY_ATTRS and attrs[1] & ORDINARY_ATTRS:
+            shown = [text.decode("utf-8", errors="replace") for text in texts]
+            return None, (
+                f"the vocabularies differ: token {token} is {shown[0]!r} in '{small.name}' and {shown[1]!r} in "
+                f"'{large.name}'"
+            )
+    if not draftable.any():
+        return None, f"'{small.name}' and '{large.name}' share no text token"
+    return draftable, None
 
 
 class ModelDrafter:
-    """Greedy drafts from a second llama.cpp session on a model with the target's vocabulary (token ids agree).
+    """Greedy drafts from a model whose vocabulary agrees with the target's: the pair's small model, whose cache
+    already holds the shared transcript, so a draft costs its decodes and no set-up.
 
-    Its cache follows the target's context: tokens it drafted that the target kept stay evaluated, rejected
-    ones leave; an end-of-generation token ends a draft (and is drafted, so the target can accept it).
+    At a step's start its session catches up to the transcript; while the target writes, it follows the step's
+    tokens (the target's ids are its ids) and drafts from its own cache by argmax, not by its sampler (whose
+    random state belongs to its own steps). A draft stops at a token that is not draftable (draftable_tokens:
+    control and end-of-generation tokens never are) or whose probability is below p_min. At the step's end its cache keeps the drafts the target kept,
+    as far as they equal the step's text tokenized as a catch-up would tokenize it, so its next probe sees the
+    tokens it would have seen without drafts.
     """
 
-    def __init__(self, session: LlamaSession, *, k: int = DEFAULT_DRAFT_TOKENS) -> None:
-        self.k = k
+    def __init__(
+        self,
+        session: LlamaSession,
+        *,
+        draftable: np.ndarray,
+        k: int = DEFAULT_DRAFT_TOKENS,
+        p_min: float = DEFAULT_DRAFT_P_MIN,
+    ) -> None:
         self.session = session
-        self._synced = 0  # the session's first tokens known to equal the target's context
-        self.reset()
+        self.k = k
+        self.p_min = p_min
+        self._draftable = draftable
+        self._anchor: tuple[int, int] | None = None  # (its tokens, the target's tokens) at the step's start
 
     def reset(self) -> None:
-        session = self.session
-        session._tokens, session._own_pending, session._prompt_done = [], 0, False
-        session._llm.n_tokens = 0
-        session._clear_cache = True
-        session._make_sampler(Sampling(temperature=0.0))
-        session.counters = Counters()
-        self._synced = 0
+        self._anchor = None  # the router starts the small session itself
 
     def truncate(self, length: int) -> None:
-        self._synced = min(self._synced, length)
+        pass  # each draft follows the target's context by its common prefix
+
+    def begin_step(self, transcript: str, *, context_length: int) -> None:
+        session = self.session
+        session.catch_up(transcript)
+        self._anchor = len(session._tokens), context_length
 
     def draft(self, context: Sequence[int], *, limit: int) -> list[int]:
         count = min(self.k, limit)
-        if count <= 0:
+        if count <= 0 or self._anchor is None:
             return []
         session = self.session
-        common = min(self._synced, len(context))
-        ours = session._tokens
-        while common < min(len(ours), len(context)) and ours[common] == context[common]:
-            common += 1  # drafts of ours that the target kept
-        if common < len(ours):
-            session._cut(common)
-        session._tokens += context[common:]
-        self._synced = len(context)
-        if len(session._tokens) - session._llm.n_tokens > 1:
+        ours_at, theirs_at = self._anchor
+        self._follow(ours_at, list(context[theirs_at:]))
+        if session.context_tokens() - session.evaluated_tokens() > 1:
             # Batched as the target batched them (a prompt or a catch-up, then the token sampled after it alone):
-            # the logits of a batch's rows can depend on its size, and then the greedy drafts would too.
+            # a long batch's rows can differ slightly from one token's, and then so would the greedy drafts.
             last = session._tokens.pop()
             session._flush()
             session._tokens.append(last)
         drafts: list[int] = []
         while len(drafts) < count:
-            token = session.sample()
-            drafts.append(token)
-            if session.is_eos(token):
+            logits = session.next_token_logits()
+            token = int(np.argmax(logits))
+            if token >= len(self._draftable) or not self._draftable[token]:
                 break
+            if self.p_min > 0 and 1.0 / float(np.exp(logits - logits[token]).sum()) < self.p_min:
+                break
+            drafts.append(token)
             session._append_own(token)
         return drafts
+
+    def end_step(self, text: str | None) -> None:
+        if self._anchor is None:
+            return
+        session, (ours_at, _) = self.session, self._anchor
+        self._anchor = None
+        if text is None:  # rolled back: back to the step's start
+            self._follow(ours_at, [])
+            return
+        self._follow(ours_at, session._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        session._text += text
+
+    def _follow(self, start: int, tokens: list[int]) -> None:
+        """Make its tokens from `start` on equal `tokens`, keeping the common prefix (evaluated or not)."""
+        session = self.session
+        ours = session._tokens
+        common, limit = 0, min(len(ours) - start, len(tokens))
+        while common < limit and ours[start + common] == tokens[common]:
+            common += 1
+        if start + common < len(ours):
+            session._cut(start + common)
+        session._tokens += tokens[common:]
 
 
 def open_session(spec: ModelSpec, *, download: bool = False) -> LlamaSession:

@@ -30,8 +30,9 @@ from glimp_cli.config import (
     load_config,
     override_pair,
     router_settings,
+    speculation_settings,
 )
-from glimp_cli.drafting import make_drafter
+from glimp_cli.drafting import NgramDrafter, Speculation, choose_draft_source
 from glimp_cli.errors import ConfigError, GlimpError, RunError, WriteError, did_you_mean, lone_surrogate
 from glimp_cli.policy import MODES, make_policy
 from glimp_cli.render import json_text
@@ -177,7 +178,9 @@ SpeculateOpt = Annotated[
     Optional[str],
     typer.Option(
         "--speculate",
-        help="Drafts the large model verifies in one call each: off, or ngram (prompt lookup) (default: the pair's).",
+        help="Drafts the large model verifies in one call each: off; model (the small model drafts; its vocabulary "
+        "must agree with the large one's); ngram (prompt lookup); auto (model where the vocabularies agree, else "
+        "ngram). Default: the pair's.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of rich output.")]
@@ -276,8 +279,9 @@ def resolve_pair(
     else:
         spec = config.pair(pair)
     spec = override_pair(spec, overrides or {}, names=OPTION_NAMES)
-    small_spec = _model_arg(config, small or spec.small, pair=spec)
-    large_spec = _model_arg(config, large or spec.large, pair=spec)
+    speculating = spec.speculate != "off"
+    small_spec = speculation_settings(_model_arg(config, small or spec.small, pair=spec), speculating=speculating)
+    large_spec = speculation_settings(_model_arg(config, large or spec.large, pair=spec), speculating=speculating)
     return dataclasses.replace(spec, small=small_spec.name, large=large_spec.name), small_spec, large_spec
 
 
@@ -297,19 +301,32 @@ def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
     return backend.open_session(small_spec), backend.open_session(large_spec)
 
 
-def speculate_with(large_session, mode: str) -> None:
-    """The large model verifies drafts from the pair's `speculate` drafter (in its steps and the answer it writes)."""
-    drafter = make_drafter(mode)
-    if drafter is not None:
-        large_session.speculate = drafter
-        spec = large_session.spec
-        if not spec.flash_attn or spec.repack:
-            # llama.cpp's rows of a verify batch match one-token decodes only so (measured on the CPU backend)
-            print(
-                f"glimp: note: drafts are verified in batches; for the greedy text of '{spec.name}' exactly as "
-                "without them, give it flash_attn: true and repack: false in models.yaml",
-                file=sys.stderr,
-            )
+def speculate_with(small_session, large_session, pair: PairSpec) -> Speculation:
+    """The large model verifies drafts from the pair's draft source (in its steps and the answer it writes);
+    returns the source and why it was chosen."""
+    draftable, mismatch = None, None
+    if pair.speculate in ("auto", "model"):
+        draftable, mismatch = backend.draftable_tokens(small_session, large_session)
+        if mismatch is not None and pair.speculate == "model":
+            raise ConfigError(f"--speculate model: {mismatch}; use ngram (or auto, which falls back to it)")
+    speculation = choose_draft_source(pair.speculate, vocabulary_mismatch=mismatch)
+    if speculation.source == "model":
+        large_session.speculate = backend.ModelDrafter(
+            small_session, draftable=draftable, k=pair.draft_tokens, p_min=pair.draft_p_min
+        )
+    elif speculation.source == "ngram":
+        large_session.speculate = NgramDrafter(k=pair.draft_tokens)
+    verifying = {"off": (), "ngram": (large_session,), "model": (small_session, large_session)}[speculation.source]
+    inexact = [session.spec for session in verifying if not session.spec.flash_attn or session.spec.repack]
+    if inexact:
+        # llama.cpp's rows of a verify batch match one-token decodes only so (measured on the CPU backend)
+        names = " and ".join(f"'{spec.name}'" for spec in inexact)
+        print(
+            f"glimp: note: drafts are verified in batches; for the greedy text exactly as without them, give "
+            f"{names} flash_attn: true and repack: false in models.yaml (the defaults when speculating)",
+            file=sys.stderr,
+        )
+    return speculation
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -372,9 +389,11 @@ def ask(
     _, pair_spec, small_spec, large_spec, settings = options.configure()
     policy = make_policy(mode, rate=rate)
     small_session, large_session = open_pair(small_spec, large_spec)
-    speculate_with(large_session, pair_spec.speculate)
+    speculation = speculate_with(small_session, large_session, pair_spec)
     events = route(problem, small=small_session, large=large_session, settings=settings, policy=policy)
     if json_output:
+        if speculation.source != "off":
+            print(json_text({"type": "speculation", **dataclasses.asdict(speculation)}))
         write_json_lines(events)
         return
     renderer = LiveRenderer(Console(highlight=False), small_name=small_spec.name, large_name=large_spec.name)
@@ -382,7 +401,7 @@ def ask(
         mode=policy.name,
         threshold=settings.threshold,
         entropy_mode=settings.entropy_mode,
-        speculate=pair_spec.speculate,
+        speculation=speculation,
     )
     renderer.render(events)
 
@@ -552,8 +571,10 @@ def bench(
     ):
         display.notes(store.notes)
         small_session, large_session = open_pair(small_spec, large_spec)
-        speculate_with(large_session, pair_spec.speculate)
+        speculation = speculate_with(small_session, large_session, pair_spec)
+        display.speculation(speculation)
         summary = benchmark.run_bench(plan, small=small_session, large=large_session, store=store, on_progress=display)
+        summary["speculation"] = dataclasses.asdict(speculation)
     if json_output:
         print(json_text(summary, indent=2))
     else:
@@ -668,7 +689,7 @@ def calibrate(
     with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store:
         BenchDisplay(err, out=out).notes(store.notes)
         small_session, large_session = open_pair(small_spec, large_spec)
-        speculate_with(large_session, pair_spec.speculate)
+        speculate_with(small_session, large_session, pair_spec)
         report = calibration.run_calibration(
             plan, small=small_session, large=large_session, store=store, display=lambda: BenchDisplay(err, out=out)
         )

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from glimp_cli.drafting import SPECULATE_MODES
+from glimp_cli.drafting import DEFAULT_DRAFT_P_MIN, DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS, SPECULATE_MODES
 from glimp_cli.entropy import ENTROPY_MODES
 from glimp_cli.errors import ConfigError, did_you_mean, lone_surrogate
 from glimp_cli.fit import DEFAULT_KV_CACHE_TYPE, KV_CACHE_TYPES, is_quantized
@@ -46,12 +46,13 @@ class ModelSpec:
     n_ctx: int = DEFAULT_N_CTX
     n_threads: int | None = None  # None: all cores, up to 8
     n_batch: int = 512
-    flash_attn: bool = False
+    flash_attn: bool | None = None  # unset: on where the pair speculates (see speculation_settings), else off
     type_k: str = DEFAULT_KV_CACHE_TYPE  # KV cache type of keys (llama.cpp's --cache-type-k): f16, q8_0, q4_0, ...
     type_v: str = DEFAULT_KV_CACHE_TYPE  # of values; a quantized one needs flash_attn
     # llama.cpp's repacked CPU weights: faster, but a batch's rows then differ slightly from one token's logits,
-    # which makes speculative decoding inexact; exact with flash_attn: true and repack: false
-    repack: bool = True
+    # which makes speculative decoding inexact; exact with flash_attn: true and repack: false (the defaults where
+    # the pair speculates; unset elsewhere: repacked)
+    repack: bool | None = None
     base_dir: str = "."  # directory of the config file, for relative paths
 
     @property
@@ -82,7 +83,9 @@ class PairSpec:
     step_max_tokens: int = DEFAULT_STEP_MAX_TOKENS
     thinking_budget: int = DEFAULT_THINKING_BUDGET
     answer_max_tokens: int = DEFAULT_ANSWER_MAX_TOKENS
-    speculate: str = "off"  # drafts verified by the large model: "off" | "ngram" (prompt lookup)
+    speculate: str = "off"  # drafts verified by the large model: "off" | "auto" | "model" | "ngram" (prompt lookup)
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS  # the most tokens one draft holds (k)
+    draft_p_min: float = DEFAULT_DRAFT_P_MIN  # a model draft stops below this probability of its next token
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,8 @@ PAIR_CHECKS: dict[str, Check] = {
     "thinking_budget": Bounds(1),
     "answer_max_tokens": Bounds(1),
     "speculate": one_of(SPECULATE_MODES),
+    "draft_tokens": Bounds(1, MAX_DRAFT_TOKENS),
+    "draft_p_min": lambda value: None if 0.0 <= value <= 1.0 else "must be from 0 to 1",
 }
 MIN_N_CTX = 256  # room for a prompt, a step and an answer; below it llama.cpp or the first step fails
 MAX_LLAMA_INT = 2**31 - 1  # llama.cpp keeps these in 32-bit fields: a larger value would wrap silently
@@ -201,6 +206,15 @@ def check_values(checks: Mapping[str, Check], values: Mapping[str, Any], *, labe
         problem = check(value) if check is not None else None
         if problem:
             raise ConfigError(f"{label(key)} {problem}, got {value!r}")
+
+
+def speculation_settings(spec: ModelSpec, *, speculating: bool) -> ModelSpec:
+    """The model with its unset flash_attn and repack filled in: where the pair speculates, the settings under
+    which a verify batch's rows equal one token's logits (so drafts never change the greedy text), else
+    llama.cpp's faster defaults (no flash attention on the CPU, repacked weights)."""
+    flash_attn = spec.flash_attn if spec.flash_attn is not None else speculating
+    repack = spec.repack if spec.repack is not None else not speculating
+    return dataclasses.replace(spec, flash_attn=flash_attn, repack=repack)
 
 
 def router_settings(pair: PairSpec, *, sampling: Sampling) -> RouterSettings:

@@ -8,12 +8,45 @@ never a different text. Model-free drafters live here; a drafter that runs a mod
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 DEFAULT_DRAFT_TOKENS = 3  # k, the paper's (and llama.cpp's lookup examples use 3 to 8)
+MAX_DRAFT_TOKENS = 64  # a verify batch of k + 1 rows of logits
+# A model drafter stops when its next token's probability falls below this (llama.cpp's --draft-p-min default)
+DEFAULT_DRAFT_P_MIN = 0.75
 NGRAM_MAX = 3  # the longest n-gram looked up
 NGRAM_MIN = 2  # the shortest n-gram that makes a draft: a single matching token guessed too often wrongly
-SPECULATE_MODES = ("off", "ngram")  # --speculate and the pair key `speculate`
+# --speculate and the pair key `speculate`: auto picks model where the vocabularies agree, else ngram
+SPECULATE_MODES = ("off", "auto", "model", "ngram")
+DRAFT_SOURCES = ("model", "ngram")
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """The draft source a run uses ("off", "model" or "ngram") and why (shown in the legend and --json)."""
+
+    source: str
+    reason: str
+
+
+def choose_draft_source(mode: str, *, vocabulary_mismatch: str | None) -> Speculation:
+    """The source for a `speculate` setting, given what (if anything) keeps the small model from drafting.
+
+    Args:
+        vocabulary_mismatch: None where the two vocabularies agree token for token, else how they differ.
+    """
+    if mode == "off":
+        return Speculation("off", "speculative decoding is off")
+    if mode == "ngram":
+        return Speculation("ngram", "prompt lookup in the large model's own context, as asked")
+    if mode == "model":
+        return Speculation("model", "the small model drafts: the vocabularies agree, as asked")
+    if mode == "auto":
+        if vocabulary_mismatch is None:
+            return Speculation("model", "auto: the vocabularies agree, so the small model drafts")
+        return Speculation("ngram", f"auto: prompt lookup, since {vocabulary_mismatch}")
+    raise ValueError(f"unknown speculate mode {mode!r}; expected one of {', '.join(SPECULATE_MODES)}")
 
 
 class Drafter(Protocol):
@@ -29,6 +62,12 @@ class Drafter(Protocol):
 
     def truncate(self, length: int) -> None:
         """The context was cut back to its first `length` tokens (a roll-back, a stop inside a draft)."""
+
+    def begin_step(self, transcript: str, *, context_length: int) -> None:
+        """The target starts a step after `transcript`; its context then holds `context_length` tokens."""
+
+    def end_step(self, text: str | None) -> None:
+        """The step ended with `text` appended to the transcript; None: it was rolled back."""
 
 
 class NgramDrafter:
@@ -51,6 +90,12 @@ class NgramDrafter:
     def reset(self) -> None:
         self._index.clear()
         self._indexed = 0
+
+    def begin_step(self, transcript: str, *, context_length: int) -> None:
+        pass  # the context's tokens are all it needs
+
+    def end_step(self, text: str | None) -> None:
+        pass
 
     def truncate(self, length: int) -> None:
         if length >= self._indexed:
@@ -82,12 +127,3 @@ class NgramDrafter:
             for n in range(1, min(self.max_ngram, stop) + 1):
                 self._index.setdefault(tuple(context[stop - n : stop]), []).append(stop)
         self._indexed = max(self._indexed, end)
-
-
-def make_drafter(mode: str) -> Drafter | None:
-    """The drafter for a `speculate` setting (checked against SPECULATE_MODES by config); None for off."""
-    if mode == "ngram":
-        return NgramDrafter()
-    if mode == "off":
-        return None
-    raise ValueError(f"unknown speculate mode {mode!r}; expected one of {', '.join(SPECULATE_MODES)}")

@@ -38,7 +38,7 @@ def estimate_file(spec: ModelSpec, path: Path) -> ModelEstimate:
         n_batch=spec.n_batch,
         type_k=spec.type_k,
         type_v=spec.type_v,
-        flash_attn=spec.flash_attn,
+        flash_attn=bool(spec.flash_attn),
         source=str(path),
     )
 

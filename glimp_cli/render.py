@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from glimp_cli.drafting import Speculation
 from glimp_cli.events import Answer, Delta, Event, ModelTotals, Probe, Step, Summary, event_record
 
 MODEL_STYLES = {"small": "cyan", "large": "magenta"}
@@ -59,15 +60,15 @@ class LiveRenderer:
         self._at_line_start = True
         self._step_shown = 0
 
-    def legend(self, *, mode: str, threshold: float, entropy_mode: str, speculate: str = "off") -> None:
+    def legend(self, *, mode: str, threshold: float, entropy_mode: str, speculation: Speculation | None = None) -> None:
         text = Text()
         for role in ("small", "large"):
             text.append("■ ", style=MODEL_STYLES[role]).append(
                 f"{role} = {self.names[role]}   ", style=MODEL_STYLES[role]
             )
         text.append(f"mode {mode} · threshold {threshold:g} nats ({entropy_mode} entropy)", style="dim")
-        if speculate != "off":
-            text.append(f" · large model verifies {speculate} drafts", style="dim")
+        if speculation is not None and speculation.source != "off":
+            text.append(f" · large model verifies {speculation.source} drafts ({speculation.reason})", style="dim")
         self.console.print(text)
 
     def render(self, events: Iterable[Event]) -> Summary | None:

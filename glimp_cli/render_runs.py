@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from glimp_cli.drafting import Speculation
 from glimp_cli.bench import ERROR, SUMMARY_COLUMNS, BenchProgress, failed_lines, summary_caption, summary_rows
 from glimp_cli.entropy import ENTROPY_MODES
 from glimp_cli.render import MODEL_STYLES
@@ -50,6 +51,16 @@ class BenchDisplay:
     def notes(self, notes: Iterable[str]) -> None:
         for note in notes:
             self.console.print(f"note: {note}", style="yellow", markup=False, soft_wrap=True)
+
+    def speculation(self, speculation: Speculation) -> None:
+        """The large model's draft source and why, when it speculates."""
+        if speculation.source != "off":
+            self.console.print(
+                f"large model verifies {speculation.source} drafts ({speculation.reason})",
+                style="dim",
+                markup=False,
+                soft_wrap=True,
+            )
 
     def __call__(self, progress: BenchProgress) -> None:
         if progress.status == "skipped":

@@ -18,9 +18,9 @@ import pytest
 from rich.console import Console
 
 from glimp_cli import bench, cli
-from glimp_cli.backend import ModelDrafter, open_session
+from glimp_cli.backend import ModelDrafter, draftable_tokens, open_session
 from glimp_cli.config import PairSpec, load_config, override_pair, router_settings
-from glimp_cli.drafting import NgramDrafter, make_drafter
+from glimp_cli.drafting import NgramDrafter, Speculation, choose_draft_source
 from glimp_cli.errors import ConfigError
 from glimp_cli.events import ModelTotals, Summary, summary_record
 from glimp_cli.policy import make_policy
@@ -91,9 +91,80 @@ def test_the_incremental_index_drafts_as_a_scan_of_the_whole_context_through_cut
         assert drafter.draft(context, limit=3) == reference_draft(context, k=3, low=2, high=3)
 
 
-def test_make_drafter_maps_the_speculate_setting():
-    assert make_drafter("off") is None
-    assert isinstance(make_drafter("ngram"), NgramDrafter)
+def test_auto_picks_the_small_model_where_the_vocabularies_agree_and_prompt_lookup_elsewhere():
+    differ = "the vocabularies differ: token 0 is 'a' in 's' and 'b' in 'l'"
+    assert choose_draft_source("auto", vocabulary_mismatch=None) == Speculation(
+        "model", "auto: the vocabularies agree, so the small model drafts"
+    )
+    assert choose_draft_source("auto", vocabulary_mismatch=differ) == Speculation(
+        "ngram", f"auto: prompt lookup, since {differ}"
+    )
+    assert choose_draft_source("ngram", vocabulary_mismatch=None).source == "ngram"
+    assert choose_draft_source("model", vocabulary_mismatch=None).source == "model"
+    assert choose_draft_source("off", vocabulary_mismatch=differ).source == "off"
+
+
+class ScriptedLogits:
+    """The parts of a LlamaSession a ModelDrafter uses, with scripted next-token logits."""
+
+    name = "scripted"
+
+    def __init__(self, rows):
+        self.rows = iter(rows)
+        self._tokens, self._text = [7, 7], ""
+
+    def catch_up(self, transcript):
+        self._text = transcript
+
+    def next_token_logits(self):
+        return next(self.rows)
+
+    def _append_own(self, token):
+        self._tokens.append(token)
+
+    def _cut(self, length):
+        del self._tokens[length:]
+
+    def context_tokens(self):
+        return len(self._tokens)
+
+    def evaluated_tokens(self):
+        return len(self._tokens)  # pending tokens are of no concern here
+
+
+def logits_with(token: int, p: float, *, vocab: int = 4):
+    """Logits whose most likely token is `token`, with probability p (the rest shared evenly)."""
+    import numpy as np
+
+    probs = np.full(vocab, (1 - p) / (vocab - 1))
+    probs[token] = p
+    return np.log(probs).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("p_min", "expected"), [(0.0, [0, 1, 2]), (0.5, [0, 1]), (0.61, [0]), (0.95, [])]
+)  # fmt: skip
+def test_a_model_draft_stops_at_the_first_token_below_the_probability_bound(p_min, expected):
+    import numpy as np
+
+    session = ScriptedLogits([logits_with(0, 0.9), logits_with(1, 0.6), logits_with(2, 0.4), logits_with(3, 0.99)])
+    drafter = ModelDrafter(session, draftable=np.ones(4, dtype=bool), k=3, p_min=p_min)
+    drafter.begin_step("so far", context_length=5)
+    assert drafter.draft([1] * 5, limit=10) == expected
+    assert session._tokens == [7, 7, *expected] and session._text == "so far"
+
+
+def test_a_model_draft_stops_before_a_token_that_is_not_draftable():
+    import numpy as np
+
+    session = ScriptedLogits([logits_with(0, 0.9), logits_with(2, 0.9)])
+    drafter = ModelDrafter(session, draftable=np.array([True, True, False, True]), k=3, p_min=0.0)
+    drafter.begin_step("", context_length=5)
+    assert drafter.draft([1] * 5, limit=10) == [0]
+    # the target's tokens after the step's start are followed: its own draft that the target kept stays
+    session.rows = iter([logits_with(3, 0.9)] * 3)
+    assert drafter.draft([1] * 5 + [0, 9], limit=2) == [3, 3]
+    assert session._tokens == [7, 7, 0, 9, 3, 3]
 
 
 # -- settings, summary and table ------------------------------------------------------------------------
@@ -108,13 +179,13 @@ def test_the_speculate_pair_key_is_checked_in_models_yaml_and_on_the_command_lin
     )
     with pytest.raises(ConfigError) as error:
         load_config(path)
-    assert str(error.value) == f"{path}:10: speculate must be one of off, ngram, got 'lookup'"
+    assert str(error.value) == f"{path}:10: speculate must be one of off, auto, model, ngram, got 'lookup'"
     pair = PairSpec(name="p", small="s", large="l")
     assert pair.speculate == "off"
     assert override_pair(pair, {"speculate": "ngram"}, names={}).speculate == "ngram"
     with pytest.raises(ConfigError) as error:
-        override_pair(pair, {"speculate": "model"}, names={"speculate": "--speculate"})
-    assert str(error.value) == "--speculate must be one of off, ngram, got 'model'"
+        override_pair(pair, {"speculate": "small"}, names={"speculate": "--speculate"})
+    assert str(error.value) == "--speculate must be one of off, auto, model, ngram, got 'small'"
 
 
 def test_summary_json_and_table_carry_the_draft_counters():
@@ -181,6 +252,12 @@ class RecordingDrafter:
     def truncate(self, length):
         self.inner.truncate(length)
 
+    def begin_step(self, transcript, *, context_length):
+        self.inner.begin_step(transcript, context_length=context_length)
+
+    def end_step(self, text):
+        self.inner.end_step(text)
+
 
 class ScriptedDrafter:
     """Drafts the model's known continuation, with the token at `wrong` (0-based in each draft) altered."""
@@ -201,6 +278,12 @@ class ScriptedDrafter:
         pass
 
     def truncate(self, length):
+        pass
+
+    def begin_step(self, transcript, *, context_length):
+        pass
+
+    def end_step(self, text):
         pass
 
 
@@ -236,6 +319,21 @@ def state(session) -> tuple:
     return session.text, list(session._tokens), session.evaluated_tokens(), session.next_token_logits().tobytes()
 
 
+_DRAFTABLE: dict[tuple[int, int], object] = {}
+
+
+def twin_drafter(twin, target, problem, *, k=3, p_min=0.0):
+    """A model drafter on `twin` (a second session on a file with the target's vocabulary), started on the
+    problem as the router starts the small model; p_min 0: every draft holds k tokens."""
+    twin.start(problem, sampling=GREEDY)
+    key = id(twin), id(target)
+    if key not in _DRAFTABLE:
+        draftable, mismatch = draftable_tokens(twin, target)
+        assert mismatch is None
+        _DRAFTABLE[key] = draftable
+    return ModelDrafter(twin, draftable=_DRAFTABLE[key], k=k, p_min=p_min)
+
+
 def with_drafter(session, drafter):
     """The session verifies this drafter's drafts; returns the drafter."""
     session.speculate = drafter
@@ -268,8 +366,8 @@ def test_a_drafter_on_the_same_model_file_has_every_draft_accepted(exact):
     large.speculate = None
     large.start(problem, sampling=GREEDY)
     plain = write(large, max_tokens=27)
-    drafter = with_drafter(large, RecordingDrafter(ModelDrafter(twin, k=3)))
     large.start(problem, sampling=GREEDY)
+    drafter = with_drafter(large, RecordingDrafter(twin_drafter(twin, large, problem)))
     out = write(large, max_tokens=27)
     large.speculate = None
     assert out == plain and out.tokens == 27
@@ -278,9 +376,15 @@ def test_a_drafter_on_the_same_model_file_has_every_draft_accepted(exact):
     counters = large.counters
     assert (counters.verify_calls, counters.drafted_tokens, counters.accepted_tokens) == (7, 19, 19)
     assert_cache_is_exact(large)
-    # the drafter holds the target's context (its drafts were all kept) but the token sampled after the last draft
-    assert twin._tokens == large._tokens[:-1]
-    assert cached_positions(twin) == twin.evaluated_tokens()
+    # the drafter's session now holds the step as its own transcript: its drafts were kept and evaluated but its
+    # last draft and the target's token after it, which are pending, as a catch-up would leave them
+    assert twin.text == large.text == out.text
+    assert twin._tokens == large._tokens
+    assert twin.evaluated_tokens() == len(twin._tokens) - 2
+    assert_cache_is_exact(twin)
+    twin_catch_up_free = twin.counters.prefill_tokens
+    twin.catch_up(large.text)  # the next probe's catch-up: nothing to add
+    assert twin.counters.prefill_tokens == twin_catch_up_free and twin._tokens == large._tokens
 
 
 @pytest.mark.parametrize("wrong", [0, 1, 2])
@@ -332,19 +436,21 @@ def test_a_stop_string_inside_an_accepted_run_leaves_the_cache_as_without_drafts
     stop = b"".join(pieces[:6]) + (pieces[6][:1] if cut else pieces[6])
     stops = (stop.decode("utf-8"),)
 
-    def two_steps(drafter):
-        large.speculate = drafter
+    def two_steps(make_drafter):
         large.start(NATALIA, sampling=GREEDY)
+        large.speculate = make_drafter()
         first = write(large, stops=stops, max_tokens=20)
         after_first = state(large)
         assert_cache_is_exact(large)
         second = write(large, max_tokens=8)
         return first, after_first, second, state(large)
 
-    plain = two_steps(None)
-    drafter = RecordingDrafter(ModelDrafter(twin, k=3))
-    drafted = two_steps(drafter)
+    plain = two_steps(lambda: None)
+    drafted = two_steps(lambda: RecordingDrafter(twin_drafter(twin, large, NATALIA)))
+    drafter = large.speculate
     large.speculate = None
+    assert twin.text == large.text
+    assert_cache_is_exact(twin)
     assert drafted[0].text == stop.decode("utf-8") and drafted[0].finish == "stop"
     assert drafted == plain
     assert [len(d) for d in drafter.drafts[:2]] == [3, 3]  # the stop came inside the second batch's drafts
@@ -362,9 +468,9 @@ def test_an_end_of_generation_token_inside_a_draft_ends_the_step_as_without_draf
     # every draft is right; k is chosen so that the end falls inside a draft, not on a batch's bonus token
     k = next(k for k in range(3, 10) if plain.tokens % (k + 1) != 0)
     scripted = ScriptedDrafter(reference, prompt_len=prompt_len, wrong=None, k=k)
-    for drafter in (scripted, RecordingDrafter(ModelDrafter(twin, k=3))):
-        with_drafter(target, drafter)
+    for make in (lambda: scripted, lambda: RecordingDrafter(twin_drafter(twin, target, NATALIA))):
         target.start(NATALIA, sampling=GREEDY)
+        with_drafter(target, make())
         assert write(target, max_tokens=400) == plain
         target.speculate = None
         # the logits after the last token are read from its row of the batch
@@ -380,9 +486,11 @@ def test_an_interrupted_verified_step_leaves_both_caches_consistent(exact, where
     large.start(NATALIA, sampling=GREEDY)
     whole = write(large, max_tokens=16)
     prompt = len(large.prompt_tokens(NATALIA))
-    drafter = RecordingDrafter(ModelDrafter(twin, k=3), raise_on_call=2 if where == "drafter-raises" else None)
-    with_drafter(large, drafter)
     large.start(NATALIA, sampling=GREEDY)
+    drafter = RecordingDrafter(
+        twin_drafter(twin, large, NATALIA), raise_on_call=2 if where == "drafter-raises" else None
+    )
+    with_drafter(large, drafter)
     if where == "drafter-raises":
         with pytest.raises(KeyboardInterrupt):
             write(large, max_tokens=16)
@@ -393,6 +501,8 @@ def test_an_interrupted_verified_step_leaves_both_caches_consistent(exact, where
     # the step's tokens are gone, and so is the prompt's last one, whose logits the batch overwrote
     assert large.text == "" and large.context_tokens() == prompt
     assert large.evaluated_tokens() == prompt - 1 == cached_positions(large)
+    # the drafter's session is back at the step's start: its prompt, nothing of the step
+    assert twin.text == "" and twin._tokens == large._tokens
     assert cached_positions(twin) == twin.evaluated_tokens()
     drafter.raise_on_call = None
     assert write(large, max_tokens=16) == whole
@@ -411,9 +521,9 @@ def test_a_sampled_step_with_drafts_is_the_same_draw_as_without(exact, seed):
     large.start(NATALIA, sampling=sampling)
     plain = write(large, max_tokens=30)
     results = []
-    for drafter in (NgramDrafter(k=3), ModelDrafter(twin, k=3)):
-        with_drafter(large, drafter)
+    for make in (lambda: NgramDrafter(k=3), lambda: twin_drafter(twin, large, NATALIA)):
         large.start(NATALIA, sampling=sampling)
+        with_drafter(large, make())
         results.append((write(large, max_tokens=30), large.counters.drafted_tokens, large.counters.accepted_tokens))
         large.speculate = None
         assert_cache_is_exact(large)
@@ -425,14 +535,14 @@ def test_a_sampled_step_with_drafts_is_the_same_draw_as_without(exact, seed):
 
 def test_the_ask_legend_names_the_draft_source_only_when_speculating():
     lines = []
-    for speculate in ("off", "ngram"):
+    for speculation in (None, Speculation("off", "off"), Speculation("ngram", "auto: prompt lookup, since x")):
         console = Console(record=True, width=200)
         LiveRenderer(console, small_name="s", large_name="l").legend(
-            mode="glimp", threshold=1.0, entropy_mode="full", speculate=speculate
+            mode="glimp", threshold=1.0, entropy_mode="full", speculation=speculation
         )
         lines.append(console.export_text().strip())
-    assert lines[0] == "■ small = s   ■ large = l   mode glimp · threshold 1 nats (full entropy)"
-    assert lines[1] == lines[0] + " · large model verifies ngram drafts"
+    assert lines[0] == lines[1] == "■ small = s   ■ large = l   mode glimp · threshold 1 nats (full entropy)"
+    assert lines[2] == lines[0] + " · large model verifies ngram drafts (auto: prompt lookup, since x)"
 
 
 def test_bench_sums_the_large_models_drafts_per_mode_and_names_the_rate_under_its_table():
@@ -462,7 +572,7 @@ def test_a_bad_speculate_option_is_one_line_before_any_model_loads(monkeypatch, 
     monkeypatch.setattr(cli, "open_pair", lambda *_: pytest.fail("a model was loaded"))
     code, err = run_main(monkeypatch, capsys, "ask", "What is 2 + 3?", "--speculate", "lookup")
     assert code == 2
-    assert one_error_line(err) == "--speculate must be one of off, ngram, got 'lookup'"
+    assert one_error_line(err) == "--speculate must be one of off, auto, model, ngram, got 'lookup'"
 
 
 def test_ask_with_ngram_speculation_reports_the_large_models_drafts_in_json(tmp_path):
@@ -485,17 +595,91 @@ def test_speculation_without_the_exact_settings_says_how_to_get_them(capsys):
     from glimp_cli.cli import speculate_with
     from glimp_cli.config import ModelSpec
 
-    loose = types.SimpleNamespace(spec=ModelSpec(name="big", path="big.gguf"), speculate=None)
-    speculate_with(loose, "ngram")
-    assert loose.speculate is not None
+    def session(name, **settings):
+        return types.SimpleNamespace(spec=ModelSpec(name=name, path=f"{name}.gguf", **settings), speculate=None)
+
+    pair = PairSpec(name="p", small="s", large="big", speculate="ngram")
+    small, loose = session("s"), session("big", flash_attn=True, repack=True)
+    assert speculate_with(small, loose, pair).source == "ngram"
+    assert isinstance(loose.speculate, NgramDrafter) and small.speculate is None
     assert capsys.readouterr().err == (
-        "glimp: note: drafts are verified in batches; for the greedy text of 'big' exactly as without them, "
-        "give it flash_attn: true and repack: false in models.yaml\n"
+        "glimp: note: drafts are verified in batches; for the greedy text exactly as without them, give 'big' "
+        "flash_attn: true and repack: false in models.yaml (the defaults when speculating)\n"
     )
-    exact = types.SimpleNamespace(
-        spec=ModelSpec(name="big", path="b.gguf", flash_attn=True, repack=False), speculate=None
-    )
-    speculate_with(exact, "ngram")
-    off = types.SimpleNamespace(spec=ModelSpec(name="big", path="b.gguf"), speculate=None)
-    speculate_with(off, "off")
+    exact = session("big", flash_attn=True, repack=False)
+    speculate_with(small, exact, pair)  # the small model's settings do not matter to prompt lookup
+    off = session("big")
+    speculate_with(small, off, dataclasses.replace(pair, speculate="off"))
     assert exact.speculate is not None and off.speculate is None and capsys.readouterr().err == ""
+
+
+def test_unset_flash_attention_and_repacking_default_to_the_exact_settings_only_when_speculating():
+    from glimp_cli.config import ModelSpec, speculation_settings
+
+    unset = ModelSpec(name="m", path="m.gguf")
+    assert (unset.flash_attn, unset.repack) == (None, None)
+    on = speculation_settings(unset, speculating=True)
+    off = speculation_settings(unset, speculating=False)
+    assert (on.flash_attn, on.repack, off.flash_attn, off.repack) == (True, False, False, True)
+    chosen = ModelSpec(name="m", path="m.gguf", flash_attn=False, repack=True)
+    assert speculation_settings(chosen, speculating=True) == chosen
+    pair, small, large = cli.resolve_pair(load_config(cli.find_config(None)), pair="demo", small=None, large=None,
+                                          overrides={"speculate": "auto"})  # fmt: skip
+    assert pair.speculate == "auto" and (large.flash_attn, large.repack, small.flash_attn, small.repack) == (
+        True, False, True, False,
+    )  # fmt: skip
+
+
+FALSE_ALARM = 0.001  # the chance that the distribution test fails a correct implementation on a given seed set
+SEEDS = 120  # steps per sample
+
+
+def chi_square(first: list, second: list) -> float:
+    """Pearson's chi-square of a 2 x C table of two samples' categories (C: those seen)."""
+    import numpy as np
+
+    categories = sorted(set(first) | set(second))
+    table = np.array([[sample.count(c) for c in categories] for sample in (first, second)], dtype=float)
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    return float(((table - expected) ** 2 / expected).sum())
+
+
+def same_distribution_p(first: list, second: list, *, permutations: int = 2000) -> float:
+    """The permutation p-value of chi_square: how often relabelling the pooled samples gives a statistic as large."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pooled, observed = first + second, chi_square(first, second)
+    hits = 0
+    for _ in range(permutations):
+        order = rng.permutation(len(pooled))
+        shuffled = [pooled[i] for i in order]
+        hits += chi_square(shuffled[: len(first)], shuffled[len(first) :]) >= observed
+    return (hits + 1) / (permutations + 1)
+
+
+def step_openings(large, seeds, *, temperature=0.8, make_drafter=lambda: None) -> list[str]:
+    """The second and third tokens' text of a step sampled at each seed (the first is sampled before any draft)."""
+    openings = []
+    for seed in seeds:
+        large.start(NATALIA, sampling=Sampling(temperature=temperature, top_p=0.95, seed=seed))
+        large.speculate = make_drafter()
+        write(large, max_tokens=3)
+        large.speculate = None
+        prompt = len(large.prompt_tokens(NATALIA))
+        openings.append(b"".join(large._piece_bytes(t) for t in large._tokens[prompt + 1 : prompt + 3]).decode())
+    return openings
+
+
+def test_sampled_steps_with_drafts_follow_the_models_own_distribution(exact):
+    """Steps drawn with drafts at one set of seeds and without at another: the same distribution (permutation
+    chi-square, false-alarm rate FALSE_ALARM); and the test tells a hotter temperature apart (it can fail)."""
+    _, _, large, twin = exact
+    plain = step_openings(large, range(SEEDS))
+    drafted = step_openings(
+        large, range(SEEDS, 2 * SEEDS), make_drafter=lambda: twin_drafter(twin, large, NATALIA, p_min=0.0)
+    )
+    assert large.counters.verify_calls > 0  # the last step's second and third tokens came from a verify batch
+    assert same_distribution_p(plain, drafted) > FALSE_ALARM
+    hotter = step_openings(large, range(2 * SEEDS, 3 * SEEDS), temperature=2.0)
+    assert same_distribution_p(plain, hotter) <= FALSE_ALARM

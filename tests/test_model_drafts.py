@@ -1,0 +1,137 @@
+"""The `model` draft source: the pair's small model drafts for the large one from its own cache.
+
+On the tiny Qwen3 and R1-Distill models (tests/tiny_models.py: the real tokenizers and chat templates, the same
+designed language in different weights), loaded with the exact settings (flash attention on, no repacked
+weights), so that a run with drafts is asserted equal to the run without them, token for token.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from glimp_cli.backend import ModelDrafter, draftable_tokens, open_session
+from glimp_cli.config import ModelSpec, PairSpec, router_settings
+from glimp_cli.policy import make_policy
+from glimp_cli.router import run
+from glimp_cli.session import Sampling
+
+PROBLEM = "What is 6 * 7?"
+THRESHOLD = 1.5  # nats, as in test_reasoning_pairs: both models write steps
+QWEN_BASE_VOCAB = 151643  # the byte-level BPE ids every Qwen2/2.5/3 model shares; ids above are added tokens
+GREEDY = Sampling(temperature=0.0)
+
+
+def _open(path, name):
+    return open_session(ModelSpec(name=name, path=str(path), n_ctx=2048, n_threads=1, flash_attn=True, repack=False))
+
+
+@pytest.fixture(scope="module")
+def qwen3_small(tiny_models):
+    return _open(tiny_models.qwen3_small, "qwen3-small")
+
+
+@pytest.fixture(scope="module")
+def qwen3_large(tiny_models):
+    return _open(tiny_models.qwen3_large, "qwen3-large")
+
+
+@pytest.fixture(scope="module")
+def r1(tiny_models):
+    return _open(tiny_models.r1, "r1")
+
+
+@pytest.mark.parametrize("large_name", ["qwen3_large", "r1"])
+def test_qwen_vocabularies_agree_on_the_ordinary_tokens_and_added_tokens_are_never_drafted(
+    request, qwen3_small, large_name
+):
+    large = request.getfixturevalue(large_name)
+    draftable, mismatch = draftable_tokens(qwen3_small, large)
+    assert mismatch is None
+    assert draftable.sum() == QWEN_BASE_VOCAB and draftable[:QWEN_BASE_VOCAB].all()
+    for token in (151643, 151645, 151648, 151667, 151668):  # end of text, <|im_end|>, <think> ids of both
+        assert token >= len(draftable) or not draftable[token]
+
+
+def test_the_demo_pair_has_two_vocabularies_and_says_where_they_differ(demo_pair):
+    _, small, large = demo_pair
+    draftable, mismatch = draftable_tokens(small, large)
+    assert draftable is None
+    assert (
+        mismatch == "the vocabularies differ: token 3 is '<repo_name>' in 'smollm2-135m' and '<mask>' in 'gemma3-270m'"
+    )
+
+
+def _runs(small, large, *, mode="glimp", sampling=GREEDY, k=3, p_min=0.0):
+    """The run without drafts, then with the small model's: (plain, drafted, the small model's state after plain)."""
+    settings = router_settings(PairSpec("t", "s", "l", threshold=THRESHOLD), sampling=sampling)
+    policy = make_policy(mode)
+    large.speculate = None
+    plain = run(PROBLEM, small=small, large=large, settings=settings, policy=policy)
+    plain_small = small.text, list(small._tokens)
+    draftable, _ = draftable_tokens(small, large)
+    large.speculate = ModelDrafter(small, draftable=draftable, k=k, p_min=p_min)
+    try:
+        drafted = run(PROBLEM, small=small, large=large, settings=settings, policy=policy)
+    finally:
+        large.speculate = None
+    return plain, drafted, plain_small
+
+
+def _written(summary):
+    return [(s.model, s.text, s.finish) for s in summary.steps], summary.answer, summary.finish_reason
+
+
+@pytest.mark.parametrize("large_name", ["qwen3_large", "r1"])
+def test_a_routed_run_with_small_model_drafts_is_the_run_without_them(request, qwen3_small, large_name):
+    large = request.getfixturevalue(large_name)
+    plain, drafted, plain_small = _runs(qwen3_small, large)
+    assert _written(drafted) == _written(plain)
+    assert {s.model for s in plain.steps} == {"small", "large"}  # both models wrote steps
+    assert drafted.large.tokens == plain.large.tokens and drafted.small.tokens == plain.small.tokens
+    assert 0 < drafted.large.accepted_tokens <= drafted.large.drafted_tokens
+    assert drafted.large.decode_calls < plain.large.decode_calls
+    # the small model's cache kept the large model's tokens it drafted: fewer catch-up (prefill) tokens, the
+    # same transcript and tokens as the catch-ups gave it without drafts
+    assert drafted.small.prefill_tokens < plain.small.prefill_tokens
+    assert (qwen3_small.text, qwen3_small._tokens) == plain_small
+
+
+def test_large_only_with_small_model_drafts_writes_the_large_models_text(qwen3_small, qwen3_large):
+    plain, drafted, _ = _runs(qwen3_small, qwen3_large, mode="large")
+    assert _written(drafted) == _written(plain)
+    assert drafted.small.steps == 0 and drafted.large.verify_calls > 0
+    # tokens per large-model call: every verify call yields the accepted drafts and one token of its own
+    assert drafted.large.decode_calls < plain.large.decode_calls
+
+
+@pytest.mark.parametrize("p_min", [0.5, 0.9])
+def test_a_probability_bound_drafts_less_and_keeps_the_text(qwen3_small, qwen3_large, p_min):
+    plain, free, _ = _runs(qwen3_small, qwen3_large, mode="large")
+    _, bounded, _ = _runs(qwen3_small, qwen3_large, mode="large", p_min=p_min)
+    assert _written(bounded) == _written(plain) == _written(free)
+    assert bounded.large.drafted_tokens < free.large.drafted_tokens
+    assert bounded.large.acceptance_rate >= free.large.acceptance_rate
+
+
+def test_ask_with_auto_speculation_picks_the_small_model_for_a_qwen_pair_and_says_why(tiny_models, tmp_path):
+    args = [
+        "ask", PROBLEM, "--json", "--small", str(tiny_models.qwen3_small), "--large", str(tiny_models.qwen3_large),
+        "--speculate", "auto", "--temperature", "0", "--thinking-budget", "64", "--threshold", str(THRESHOLD),
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "glimp_cli", *args], capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[0] == {
+        "type": "speculation",
+        "source": "model",
+        "reason": "auto: the vocabularies agree, so the small model drafts",
+    }
+    summary = lines[-1]
+    assert summary["verify_calls"]["large"] > 0 and summary["drafted_tokens"]["small"] == 0
+    assert result.stderr == ""  # the exact settings are the defaults when speculating: no note
