@@ -657,9 +657,9 @@ class ModelDrafter:
     At a step's start its session catches up to the transcript; while the target writes, it follows the step's
     tokens (the target's ids are its ids) and drafts from its own cache by argmax, not by its sampler (whose
     random state belongs to its own steps). A draft stops at a token that is not draftable (draftable_tokens:
-    control and end-of-generation tokens never are) or whose probability is below p_min. At the step's end its cache keeps the drafts the target kept,
-    as far as they equal the step's text tokenized as a catch-up would tokenize it, so its next probe sees the
-    tokens it would have seen without drafts.
+    control and end-of-generation tokens never are) or whose probability is below p_min. At the step's end its
+    cache keeps the drafts the target kept, as far as they equal the step's text tokenized as a catch-up would
+    tokenize it, so its next probe sees the tokens it would have seen without drafts.
     """
 
     def __init__(
