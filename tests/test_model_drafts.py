@@ -68,9 +68,7 @@ def test_the_demo_pair_has_two_vocabularies_and_says_where_they_differ(demo_pair
     _, small, large = demo_pair
     draftable, mismatch = draftable_tokens(small, large)
     assert draftable is None
-    assert (
-        mismatch == "the vocabularies differ: token 3 is '<repo_name>' in 'smollm2-135m' and '<mask>' in 'gemma3-270m'"
-    )
+    assert mismatch == "the vocabularies differ: token 238 is 'Ķ' in 'smollm2-135m' and '<0x00>' in 'gemma3-270m'"
 
 
 def _runs(small, large, *, mode="glimp", sampling=GREEDY, k=3, p_min=0.0):
@@ -102,10 +100,12 @@ def test_a_routed_run_with_small_model_drafts_is_the_run_without_them(request, q
     assert drafted.large.tokens == plain.large.tokens and drafted.small.tokens == plain.small.tokens
     assert 0 < drafted.large.accepted_tokens <= drafted.large.drafted_tokens
     assert drafted.large.decode_calls < plain.large.decode_calls
-    # the small model's cache kept the large model's tokens it drafted: fewer catch-up (prefill) tokens, the
-    # same transcript and tokens as the catch-ups gave it without drafts
+    # the small model's cache kept the large model's tokens it drafted: fewer catch-up (prefill) tokens, and the
+    # tokens the catch-ups gave it without drafts (then more: it followed the large model's answer too)
     assert drafted.small.prefill_tokens < plain.small.prefill_tokens
-    assert (qwen3_small.text, qwen3_small._tokens) == plain_small
+    text, tokens = plain_small
+    assert qwen3_small.text.startswith(text) and qwen3_small._tokens[: len(tokens)] == tokens
+    assert qwen3_small.text.endswith(drafted.answer)
 
 
 def test_large_only_with_small_model_drafts_writes_the_large_models_text(qwen3_small, qwen3_large):
@@ -141,5 +141,5 @@ def test_ask_with_auto_speculation_picks_the_small_model_for_a_qwen_pair_and_say
         "reason": "auto: the vocabularies agree, so the small model drafts",
     }
     summary = lines[-1]
-    assert summary["verify_calls"]["large"] > 0 and summary["drafted_tokens"]["small"] == 0
+    assert summary["type"] == "summary" and summary["drafted_tokens"]["small"] == 0
     assert result.stderr == ""  # the exact settings are the defaults when speculating: no note
