@@ -33,6 +33,7 @@ from glimp_cli.config import (
 )
 from glimp_cli.drafting import make_drafter
 from glimp_cli.errors import ConfigError, GlimpError, RunError, WriteError, did_you_mean, lone_surrogate
+from glimp_cli.parallel import DEFAULT_PARALLEL, PARALLEL_CHECK, MakeSessions, SessionPairs, check_parallel
 from glimp_cli.policy import MODES, make_policy
 from glimp_cli.render import json_text
 from glimp_cli.router import RouterSettings
@@ -196,6 +197,15 @@ OutOpt = Annotated[
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue a run in --out, reusing results already there.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Delete the results and summaries in --out and start over.")]
+ParallelOpt = Annotated[
+    int,
+    typer.Option(
+        "--parallel",
+        min=int(PARALLEL_CHECK.low),
+        help="Problems in flight at once, each on its own sessions: for models served with `url:` "
+        "(in-process models run one at a time).",
+    ),
+]
 
 # The command-line option of each pair or sampling key, for error messages.
 OPTION_NAMES = {
@@ -295,6 +305,17 @@ def _model_arg(config: Config, value: str, *, pair: PairSpec) -> ModelSpec:
 
 def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
     return backend.open_session(small_spec), backend.open_session(large_spec)
+
+
+def session_maker(pair: PairSpec, small_spec: ModelSpec, large_spec: ModelSpec) -> MakeSessions:
+    """Opens a (small, large) pair of sessions, the large one speculating as the pair says: one per problem in flight."""
+
+    def make():
+        small_session, large_session = open_pair(small_spec, large_spec)
+        speculate_with(large_session, pair.speculate)
+        return small_session, large_session
+
+    return make
 
 
 def speculate_with(large_session, mode: str) -> None:
@@ -526,6 +547,7 @@ def bench(
     thinking_budget: ThinkingBudgetOpt = None,
     answer_by: AnswerByOpt = None,
     speculate: SpeculateOpt = None,
+    parallel: ParallelOpt = DEFAULT_PARALLEL,
     config: ConfigOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -539,9 +561,10 @@ def bench(
         speculate=speculate,
     )  # fmt: skip
     _, pair_spec, small_spec, large_spec, settings = options.configure()
+    check_parallel(parallel, (small_spec, large_spec))
     plan = benchmark.make_plan(
         data, settings=settings, modes=modes, thresholds=threshold, rate=rate,
-        problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit,
+        problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit, parallel=parallel,
     )  # fmt: skip
     out = out if out is not None else Path("runs") / data.stem
     fingerprint = benchmark.fingerprint(plan, pair=pair_spec, small=small_spec, large=large_spec)
@@ -551,9 +574,8 @@ def bench(
         render_runs.BenchDisplay(err, out=out) as display,
     ):
         display.notes(store.notes)
-        small_session, large_session = open_pair(small_spec, large_spec)
-        speculate_with(large_session, pair_spec.speculate)
-        summary = benchmark.run_bench(plan, small=small_session, large=large_session, store=store, on_progress=display)
+        sessions = SessionPairs(session_maker(pair_spec, small_spec, large_spec))  # opened as problems need them
+        summary = benchmark.run_bench(plan, sessions=sessions, store=store, on_progress=display)
     if json_output:
         print(json_text(summary, indent=2))
     else:
@@ -644,6 +666,7 @@ def calibrate(
     thinking_budget: ThinkingBudgetOpt = None,
     answer_by: AnswerByOpt = None,
     speculate: SpeculateOpt = None,
+    parallel: ParallelOpt = DEFAULT_PARALLEL,
     config: ConfigOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
@@ -657,20 +680,20 @@ def calibrate(
         speculate=speculate,
     )  # fmt: skip
     cfg, pair_spec, small_spec, large_spec, settings = options.configure(calibrated=False)
+    check_parallel(parallel, (small_spec, large_spec))
     plan = calibration.make_plan(
         data, settings=settings, target_rate=target_rate, sweep=sweep, thresholds=thresholds, rates=rates,
         objective=objective, max_latency=max_latency, margin=margin,
-        problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit,
+        problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit, parallel=parallel,
     )  # fmt: skip
     out = out if out is not None else Path("runs") / f"calibrate-{data.stem}"
     fingerprint = calibration.fingerprint(plan, pair=pair_spec, small=small_spec, large=large_spec)
     err = Console(stderr=True, highlight=False)
     with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store:
         BenchDisplay(err, out=out).notes(store.notes)
-        small_session, large_session = open_pair(small_spec, large_spec)
-        speculate_with(large_session, pair_spec.speculate)
+        sessions = SessionPairs(session_maker(pair_spec, small_spec, large_spec))  # opened as problems need them
         report = calibration.run_calibration(
-            plan, small=small_session, large=large_session, store=store, display=lambda: BenchDisplay(err, out=out)
+            plan, sessions=sessions, store=store, display=lambda: BenchDisplay(err, out=out)
         )
     save_error = None
     if save and report["threshold"] is not None:
