@@ -255,7 +255,9 @@ def run_bench(
             run=store.fingerprint,
             planned=_completion(plan, store),
             overhead=overhead.record(),
-            throughput=throughput(plan.parallel, problems=len(overhead.outside_s), wall_s=time.perf_counter() - started),
+            throughput=throughput(
+                plan.parallel, problems=len(overhead.outside_s), wall_s=time.perf_counter() - started
+            ),
         )
         try:
             store.write_summary(summary, summary_markdown(summary))
@@ -610,7 +612,9 @@ def failed_problems(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["conditions"].append((record["mode"], record.get("threshold"), record.get("rate")))
     for entry in failed.values():
         entry["conditions"] = [Condition(*key).label for key in sorted(entry["conditions"], key=_condition_order)]
-    return sorted(failed.values(), key=lambda entry: (entry["line"] is None, entry["line"] or 0))
+    return sorted(
+        failed.values(), key=lambda entry: (entry["line"] is None, entry["line"] or 0, str(entry["id"]), entry["error"])
+    )
 
 
 def _condition_order(key: tuple) -> tuple:
@@ -650,7 +654,9 @@ def _condition_summary(
         "latency_mean_s": statistics.fmean(latencies) if latencies else None,
         "latency_median_s": statistics.median(latencies) if latencies else None,
         # mean latency over the problems that `large` also ran, divided by large's on them
-        "latency_vs_large": math.fsum(own for own, _ in paired) / paired_large_s if paired and paired_large_s > 0 else None,
+        "latency_vs_large": math.fsum(own for own, _ in paired) / paired_large_s
+        if paired and paired_large_s > 0
+        else None,
         "steps": steps,
         "large_steps": large_steps,
         "large_step_share": large_steps / steps if steps else 0.0,

@@ -308,7 +308,7 @@ def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
 
 
 def session_maker(pair: PairSpec, small_spec: ModelSpec, large_spec: ModelSpec) -> MakeSessions:
-    """Opens a (small, large) pair of sessions, the large one speculating as the pair says: one per problem in flight."""
+    """Makes (small, large) session pairs, the large one speculating as the pair says: one per problem in flight."""
 
     def make():
         small_session, large_session = open_pair(small_spec, large_spec)

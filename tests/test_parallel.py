@@ -16,13 +16,13 @@ import pytest
 
 from cli_helpers import one_error_line, run_main, usage_error
 from fakes import ServedModel
-from glimp_cli import bench, cli, parallel
+from glimp_cli import cli, parallel
 from glimp_cli.bench import BenchProgress, make_plan, run_bench, summarize
 from glimp_cli.calibrate import make_plan as make_calibration_plan
 from glimp_cli.calibrate import run_calibration
 from glimp_cli.config import PairSpec, router_settings
 from glimp_cli.errors import ConfigError, ContextError, RunError
-from glimp_cli.parallel import SessionPairs, check_parallel
+from glimp_cli.parallel import Cancelled, SessionPairs, check_parallel, run_parallel
 from glimp_cli.session import Sampling
 from glimp_cli.store import RESULTS_FILE, SUMMARY_JSON, open_store, result_key
 
@@ -155,7 +155,8 @@ def test_progress_reports_every_result_once_in_completion_order(tmp_path):
 
 
 def _ctrl_c() -> None:
-    signal.raise_signal(signal.SIGINT)  # as the terminal sends it: to the main thread, whichever thread runs this
+    signal.raise_signal(signal.SIGINT)  # its handler runs in the main thread, whichever thread sends it
+    time.sleep(0.5)  # this problem goes on until the main thread has seen the signal (it looks every POLL_S)
 
 
 def _raise_interrupt() -> None:
@@ -175,6 +176,8 @@ def test_an_interrupt_with_four_in_flight_writes_no_duplicate_and_resume_complet
     keys = [result_key(r) for r in records]
     assert len(keys) == len(set(keys))
     assert N <= len(records) < 4 * N
+    interrupted = served.small.starts[17][0]  # the problem whose start was interrupted: unfinished, not written
+    assert (f"p{interrupted.split()[1]}", "small", None, None) not in keys
     assert [p.record for p in seen if p.status == "finished"] == records  # what was reported is what was written
     expected = _untimed(reference)
     assert all(expected[key] == record for key, record in _untimed(records).items())  # whole, finished results
@@ -186,6 +189,57 @@ def test_an_interrupt_with_four_in_flight_writes_no_duplicate_and_resume_complet
     assert len(records) == 4 * N and len({result_key(r) for r in records}) == 4 * N
     assert _untimed(records) == expected
     assert len(resumed.small.starts) == 4 * N - len(keys)  # only the missing results ran (each starts both models)
+
+
+def test_results_that_finish_after_an_interrupt_are_reported_and_cancelled_ones_are_not():
+    reported = threading.Event()
+    results: list[str] = []
+
+    def work(item: str, stop: threading.Event) -> str:
+        if item == "first":
+            return "first done"
+        if item == "interrupt":
+            assert reported.wait(5)  # once "first" is reported
+            raise KeyboardInterrupt
+        assert stop.wait(5)  # the others go on until the interrupt
+        if item.startswith("cancelled"):
+            raise Cancelled
+        return "finished after the interrupt"
+
+    def on_result(item: str, result: str) -> None:
+        results.append(result)
+        reported.set()
+
+    drawn: list[str] = []
+
+    def items():
+        for item in ["first", "interrupt", "cancelled", "finishes anyway", "cancelled when drawn", "never drawn"]:
+            drawn.append(item)
+            yield item
+
+    with pytest.raises(KeyboardInterrupt):
+        run_parallel(items(), work, workers=4, on_result=on_result)
+    assert results == ["first done", "finished after the interrupt"]
+    assert drawn[-1] == "cancelled when drawn"  # drawn when "first" was done; nothing after the interrupt
+    assert not _worker_threads()
+
+
+def test_a_second_ctrl_c_stops_waiting_for_the_problems_in_flight():
+    stubborn_s = 3.0
+
+    def work(item: int, stop: threading.Event) -> int:
+        time.sleep(stubborn_s)  # a call that does not look at `stop` (a request until its timeout)
+        return item
+
+    for delay_s in (0.2, 0.4):
+        threading.Timer(delay_s, signal.raise_signal, (signal.SIGINT,)).start()
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run_parallel(range(4), work, workers=4, on_result=lambda *_: pytest.fail("nothing finishes before Ctrl-C"))
+    assert time.perf_counter() - started < stubborn_s / 2
+    for thread in _worker_threads():  # the abandoned calls end by themselves
+        thread.join(stubborn_s * 2)
+    assert not _worker_threads()
 
 
 def test_a_failed_problem_in_one_worker_keeps_the_others_results_and_stops_the_run(tmp_path):
