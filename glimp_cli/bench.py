@@ -2,6 +2,9 @@
 
 The core (plan, run_bench, summarize) consumes the router's event stream and never prints;
 progress goes to an `on_progress` callback. The Rich display is in render_runs.py.
+
+With plan.parallel > 1, that many problems are in flight at once, each on its own pair of sessions
+(parallel.py); this thread alone writes results.jsonl and reports progress, in completion order.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ import dataclasses
 import math
 import random
 import statistics
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +25,10 @@ from glimp_cli.checker import extract_answer, is_equivalent
 from glimp_cli.config import ModelSpec, PairSpec
 from glimp_cli.dataset import Problem, file_sha256, load_problems
 from glimp_cli.errors import ConfigError, ProblemError, WriteError, did_you_mean, lone_surrogate
+from glimp_cli.events import Summary
+from glimp_cli.parallel import DEFAULT_PARALLEL, Cancelled, SessionPairs, check_parallel_value, run_parallel
 from glimp_cli.policy import MODES, make_policy
-from glimp_cli.router import RouterSettings, run
+from glimp_cli.router import RouterSettings, route
 from glimp_cli.session import Session
 from glimp_cli.store import ResultStore
 
@@ -65,6 +71,7 @@ class BenchPlan:
     settings: RouterSettings
     problem_key: str | None = None
     answer_key: str | None = None
+    parallel: int = DEFAULT_PARALLEL  # problems in flight at once
 
     def fixed_conditions(self) -> list[Condition]:
         """Every condition but random (whose rate comes from the glimp results)."""
@@ -114,11 +121,13 @@ def make_plan(
     answer_key: str | None = None,
     offset: int = 0,
     limit: int | None = None,
+    parallel: int = DEFAULT_PARALLEL,
 ) -> BenchPlan:
     """Check the options and read the data file (before any model loads).
 
     Args:
         modes: routing modes (repeats dropped); thresholds: glimp's, in nats (None or empty: the pair's).
+        parallel: problems in flight at once (each on its own pair of sessions).
     """
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown:
@@ -128,6 +137,7 @@ def make_plan(
     mode_names = tuple(dict.fromkeys(modes))
     threshold_values = tuple(dict.fromkeys(thresholds)) if thresholds else (settings.threshold,)
     make_policy("random", rate=rate)  # the same range check as `glimp ask --rate`
+    check_parallel_value(parallel)
     problems = load_problems(data, problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit)
     return BenchPlan(
         data=Path(data),
@@ -138,6 +148,7 @@ def make_plan(
         settings=settings,
         problem_key=problem_key,
         answer_key=answer_key,
+        parallel=parallel,
     )
 
 
@@ -199,24 +210,30 @@ class Overhead:
 
 
 def run_bench(
-    plan: BenchPlan, *, small: Session, large: Session, store: ResultStore, on_progress: ProgressCallback | None = None
+    plan: BenchPlan,
+    *,
+    small: Session | None = None,
+    large: Session | None = None,
+    sessions: SessionPairs | None = None,
+    store: ResultStore,
+    on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Run every (problem, condition) not yet in the store; write the summary even when interrupted."""
+    """Run every (problem, condition) not yet in the store; write the summary even when interrupted.
+
+    Args:
+        small, large: one pair of sessions for every problem (plan.parallel 1); or
+        sessions: where each problem in flight gets its pair, e.g. SessionPairs(make_sessions).
+    """
+    sessions = session_pairs(plan, small=small, large=large, sessions=sessions)
     overhead = Overhead()
+    started = time.perf_counter()
     done = 0
     is_equivalent("0", "1")  # imports math_verify now: a one-time cost, not the first problem's overhead
     failed = False
     try:
         for condition in plan.fixed_conditions():
             done = run_condition(
-                plan,
-                condition,
-                done=done,
-                small=small,
-                large=large,
-                store=store,
-                on_progress=on_progress,
-                overhead=overhead,
+                plan, condition, done=done, sessions=sessions, store=store, on_progress=on_progress, overhead=overhead
             )
         if "random" in plan.modes:
             random_condition = _random_condition(plan, store)
@@ -224,8 +241,7 @@ def run_bench(
                 plan,
                 random_condition,
                 done=done,
-                small=small,
-                large=large,
+                sessions=sessions,
                 store=store,
                 on_progress=on_progress,
                 overhead=overhead,
@@ -235,7 +251,13 @@ def run_bench(
         raise
     finally:
         summary = summarize(
-            store.records, run=store.fingerprint, planned=_completion(plan, store), overhead=overhead.record()
+            store.records,
+            run=store.fingerprint,
+            planned=_completion(plan, store),
+            overhead=overhead.record(),
+            throughput=throughput(
+                plan.parallel, problems=len(overhead.outside_s), wall_s=time.perf_counter() - started
+            ),
         )
         try:
             store.write_summary(summary, summary_markdown(summary))
@@ -245,53 +267,153 @@ def run_bench(
     return summary
 
 
+def session_pairs(
+    plan: BenchPlan, *, small: Session | None, large: Session | None, sessions: SessionPairs | None
+) -> SessionPairs:
+    """The run's SessionPairs: `sessions`, or one made of `small` and `large`."""
+    if sessions is None:
+        if small is None or large is None:
+            raise TypeError("pass both small and large sessions, or sessions")
+        sessions = SessionPairs.one(small, large)
+    elif small is not None or large is not None:
+        raise TypeError("pass small and large sessions, or sessions, not both")
+    if sessions.max_pairs is not None and plan.parallel > sessions.max_pairs:
+        raise ValueError(
+            f"parallel {plan.parallel} needs a pair of sessions per problem in flight: pass SessionPairs(make_sessions)"
+        )
+    return sessions
+
+
+def throughput(parallel: int, *, problems: int, wall_s: float) -> dict[str, Any]:
+    """Results run per minute of this run's wall time (a problem in one mode is one result)."""
+    return {
+        "parallel": parallel,
+        "problems": problems,
+        "wall_s": round(wall_s, 6),
+        "problems_per_min": round(problems / wall_s * 60, 6) if problems and wall_s > 0 else None,
+    }
+
+
+@dataclass
+class _Tally:
+    """One condition's results as they come: counted, reported to on_progress, timed into the overhead."""
+
+    plan: BenchPlan
+    condition: Condition
+    on_progress: ProgressCallback | None
+    overhead: Overhead
+    done: int
+    scored: int = 0
+    correct: int = 0
+
+    def skipped(self, position: int, record: dict[str, Any]) -> None:
+        self._count(record)
+        self._notify("skipped", position, None)
+
+    def running(self, position: int) -> None:
+        self._notify("running", position, None)
+
+    def finished(self, position: int, record: dict[str, Any], *, since: float, elsewhere_s: float = 0.0) -> None:
+        """A result just written; its wall time is from `since` to now in this thread, plus `elsewhere_s`."""
+        self._count(record)
+        self._notify("finished", position, record)
+        self.overhead.add(time.perf_counter() - since + elsewhere_s, record["latency_s"])
+
+    def _count(self, record: dict[str, Any]) -> None:
+        self.done, self.scored, self.correct = self.done + 1, self.scored + 1, self.correct + bool(record["correct"])
+
+    def _notify(self, status: str, position: int, record: dict[str, Any] | None) -> None:
+        if self.on_progress is not None:
+            self.on_progress(
+                BenchProgress(
+                    status,
+                    self.done,
+                    self.plan.total,
+                    self.condition,
+                    position,
+                    len(self.plan.problems),
+                    self.scored,
+                    self.correct,
+                    record,
+                )
+            )
+
+
 def run_condition(
     plan: BenchPlan,
     condition: Condition,
     *,
     done: int = 0,
-    small: Session,
-    large: Session,
+    small: Session | None = None,
+    large: Session | None = None,
+    sessions: SessionPairs | None = None,
     store: ResultStore,
     on_progress: ProgressCallback | None = None,
     overhead: Overhead | None = None,
 ) -> int:
-    """Every problem of the plan under one condition, skipping those already in the store; returns `done`."""
-    overhead = overhead if overhead is not None else Overhead()
-    scored = correct = 0
-    clock = time.perf_counter()
+    """Every problem of the plan under one condition, skipping those already in the store; returns `done`.
 
-    def notify(status: str, position: int, record: dict[str, Any] | None) -> None:
-        if on_progress is not None:
-            on_progress(
-                BenchProgress(
-                    status, done, plan.total, condition, position, len(plan.problems), scored, correct, record
-                )
-            )
-
-    for position, problem in enumerate(plan.problems, start=1):
-        record = store.get(condition.key(problem.id))
-        status = "skipped" if record is not None else "finished"
-        if record is None:
-            notify("running", position, None)
-            record = solve(problem, condition, small=small, large=large, settings=plan.settings)
+    One problem at a time in this thread, or plan.parallel at once on worker threads: then results are
+    written and reported here as they finish, so results.jsonl holds them in completion order.
+    """
+    sessions = session_pairs(plan, small=small, large=large, sessions=sessions)
+    tally = _Tally(plan, condition, on_progress, overhead if overhead is not None else Overhead(), done)
+    if plan.parallel == 1:  # in this thread: Ctrl-C stops an in-process model at once
+        for position, problem in enumerate(plan.problems, start=1):
+            record = store.get(condition.key(problem.id))
+            if record is not None:
+                tally.skipped(position, record)
+                continue
+            since = time.perf_counter()
+            tally.running(position)
+            with sessions.pair() as (small_session, large_session):
+                record = solve(problem, condition, small=small_session, large=large_session, settings=plan.settings)
             store.append(record)
-        done, scored, correct = done + 1, scored + 1, correct + bool(record["correct"])
-        notify(status, position, record if status == "finished" else None)
-        now = time.perf_counter()
-        if status == "finished":
-            overhead.add(now - clock, record["latency_s"])
-        clock = now
-    return done
+            tally.finished(position, record, since=since)
+        return tally.done
+
+    def to_run() -> Iterator[tuple[int, Problem]]:
+        """Drawn as workers come free: skipped results are reported in problem order, between runs."""
+        for position, problem in enumerate(plan.problems, start=1):
+            record = store.get(condition.key(problem.id))
+            if record is not None:
+                tally.skipped(position, record)
+            else:
+                tally.running(position)
+                yield position, problem
+
+    def work(item: tuple[int, Problem], stop: threading.Event) -> tuple[dict[str, Any], float]:
+        started = time.perf_counter()
+        with sessions.pair() as (small_session, large_session):
+            record = solve(
+                item[1], condition, small=small_session, large=large_session, settings=plan.settings, stop=stop
+            )
+        return record, time.perf_counter() - started
+
+    def write(item: tuple[int, Problem], result: tuple[dict[str, Any], float]) -> None:
+        since = time.perf_counter()
+        record, worker_s = result
+        store.append(record)
+        tally.finished(item[0], record, since=since, elsewhere_s=worker_s)
+
+    run_parallel(to_run(), work, workers=plan.parallel, on_result=write)
+    return tally.done
 
 
 def solve(
-    problem: Problem, condition: Condition, *, small: Session, large: Session, settings: RouterSettings
+    problem: Problem,
+    condition: Condition,
+    *,
+    small: Session,
+    large: Session,
+    settings: RouterSettings,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Route one problem under one condition and check its answer; returns its results.jsonl record.
 
     A problem that cannot be run (a ProblemError: too long for a model's context, text that cannot be
     encoded) gets a failed record with the reason, so that one bad problem does not stop a benchmark.
+    Once `stop` is set the problem ends at its next event with Cancelled, and has no record.
     """
     seed = problem_seed(settings.sampling.seed, problem.id)
     settings = dataclasses.replace(
@@ -306,7 +428,7 @@ def solve(
         surrogate = lone_surrogate(problem.text)
         if surrogate:  # load_problems refuses these; a Problem built elsewhere may hold one
             raise ProblemError(f"the problem text holds a lone surrogate, {surrogate}, which is not text")
-        summary = run(problem.text, small=small, large=large, settings=settings, policy=policy)
+        summary = _drain(route(problem.text, small=small, large=large, settings=settings, policy=policy), stop)
     except ProblemError as exc:
         return failed_record(
             problem,
@@ -318,12 +440,14 @@ def solve(
         )
     thinking = "".join(step.text for step in summary.steps)
     predicted = extract_answer(summary.answer) or extract_answer(thinking + summary.answer)
+    with _CHECKING:
+        correct = is_equivalent(predicted, problem.gold)
     record = {
         "id": problem.id,
         "mode": condition.mode,
         "threshold": condition.threshold,
         "rate": condition.rate,
-        "correct": is_equivalent(predicted, problem.gold),
+        "correct": correct,
         "predicted": predicted,
         "gold": problem.gold,
         "answer": summary.answer,
@@ -351,6 +475,26 @@ def solve(
             "topk": [None if s.entropy_topk is None else s.entropy_topk + 0.0 for s in summary.steps],
         }
     return record
+
+
+# math_verify parses with ANTLR and sympy, whose shared caches are not documented as thread-safe: one check at a time
+_CHECKING = threading.Lock()
+
+
+def _drain(events: Generator[Any, None, None], stop: threading.Event | None) -> Summary:
+    """route()'s Summary; Cancelled between events once `stop` is set (the generator is closed either way)."""
+    summary = None
+    try:
+        if stop is not None and stop.is_set():
+            raise Cancelled
+        for event in events:
+            if stop is not None and stop.is_set():
+                raise Cancelled
+            summary = event
+    finally:
+        events.close()
+    assert isinstance(summary, Summary)
+    return summary
 
 
 def failed_record(
@@ -429,14 +573,16 @@ def summarize(
     run: dict[str, Any],
     planned: dict[str, int] | None = None,
     overhead: dict[str, Any] | None = None,
+    throughput: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per-condition accuracy, latency and large-model share over every record in results.jsonl,
-    in the order glimp (by threshold), small, large, random."""
+    in the order glimp (by threshold), small, large, random. The same records in any order give the
+    same summary (a parallel run writes them in completion order); overhead and throughput are the run's."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["mode"], record.get("threshold"), record.get("rate")), []).append(record)
     large_latency = {r["id"]: r["latency_s"] for r in records if r["mode"] == "large" and r["finish_reason"] != ERROR}
-    order = sorted(groups, key=lambda k: (MODES.index(k[0]) if k[0] in MODES else len(MODES), k[1] or 0.0, k[2] or 0.0))
+    order = sorted(groups, key=_condition_order)
     conditions = [_condition_summary(Condition(*key), groups[key], large_latency) for key in order]
     return {
         "pair": run.get("pair"),
@@ -449,11 +595,13 @@ def summarize(
         "conditions": conditions,
         "failed": failed_problems(records),
         "overhead": overhead,
+        "throughput": throughput,
     }
 
 
 def failed_problems(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The problems that could not be run, in results order: id, data-file line, reason and the conditions."""
+    """The problems that could not be run, in data-file order: id, data-file line, reason and the conditions
+    (in the summary's order)."""
     failed: dict[tuple, dict[str, Any]] = {}
     for record in records:
         if record["finish_reason"] == ERROR:
@@ -461,8 +609,18 @@ def failed_problems(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 (record["id"], record["error"]),
                 {"id": record["id"], "line": record.get("line"), "error": record["error"], "conditions": []},
             )
-            entry["conditions"].append(Condition(record["mode"], record.get("threshold"), record.get("rate")).label)
-    return list(failed.values())
+            entry["conditions"].append((record["mode"], record.get("threshold"), record.get("rate")))
+    for entry in failed.values():
+        entry["conditions"] = [Condition(*key).label for key in sorted(entry["conditions"], key=_condition_order)]
+    return sorted(
+        failed.values(), key=lambda entry: (entry["line"] is None, entry["line"] or 0, str(entry["id"]), entry["error"])
+    )
+
+
+def _condition_order(key: tuple) -> tuple:
+    """(mode, threshold, rate) sorts glimp (by threshold), small, large, random (by rate)."""
+    mode, threshold, rate = key
+    return (MODES.index(mode) if mode in MODES else len(MODES), threshold or 0.0, rate or 0.0)
 
 
 def _condition_summary(
@@ -476,7 +634,7 @@ def _condition_summary(
     ran = [r for r in records if r["finish_reason"] != ERROR]
     latencies = [r["latency_s"] for r in ran]
     paired = [(r["latency_s"], large_latency[r["id"]]) for r in ran if r["id"] in large_latency]
-    paired_large_s = sum(large for _, large in paired)
+    paired_large_s = math.fsum(large for _, large in paired)  # fsum: exact, so the records' order does not matter
     steps = sum(r["steps"] for r in ran)
     large_steps = sum(r["large_steps"] for r in ran)
     tokens_small = sum(r["tokens"]["small"] for r in ran)
@@ -496,13 +654,15 @@ def _condition_summary(
         "latency_mean_s": statistics.fmean(latencies) if latencies else None,
         "latency_median_s": statistics.median(latencies) if latencies else None,
         # mean latency over the problems that `large` also ran, divided by large's on them
-        "latency_vs_large": sum(own for own, _ in paired) / paired_large_s if paired and paired_large_s > 0 else None,
+        "latency_vs_large": math.fsum(own for own, _ in paired) / paired_large_s
+        if paired and paired_large_s > 0
+        else None,
         "steps": steps,
         "large_steps": large_steps,
         "large_step_share": large_steps / steps if steps else 0.0,
         "tokens": {"small": tokens_small, "large": tokens_large},
         "large_token_share": tokens_large / (tokens_small + tokens_large) if tokens_small + tokens_large else 0.0,
-        "tokens_per_s": (tokens_small + tokens_large) / sum(latencies) if sum(latencies) > 0 else 0.0,
+        "tokens_per_s": (tokens_small + tokens_large) / math.fsum(latencies) if math.fsum(latencies) > 0 else 0.0,
         "finish_reasons": dict(sorted(Counter(r["finish_reason"] for r in records).items())),
         "draft_acceptance": accepted / drafted if drafted else None,  # the large model's drafts; None: no drafts
     }
@@ -566,6 +726,12 @@ def summary_caption(summary: dict[str, Any]) -> str:
         parts.append(
             f"outside generation {overhead['median_s'] * 1000:.1f} ms/problem median "
             f"({overhead['share']:.2%} of wall time)"
+        )
+    throughput = summary.get("throughput") or {}
+    if throughput.get("problems_per_min") is not None:
+        parts.append(
+            f"this run: {throughput['problems']} results in {throughput['wall_s']:.1f} s, "
+            f"{throughput['problems_per_min']:.1f}/min with {throughput['parallel']} in flight"
         )
     return " · ".join(parts)
 

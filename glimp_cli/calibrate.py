@@ -29,12 +29,13 @@ import numpy as np
 
 from glimp_cli.bench import ERROR
 from glimp_cli.bench import PROBE_ENTROPIES as PROBE_KEY
-from glimp_cli.bench import BenchPlan, Condition, ProgressCallback, run_bench, run_condition, summarize
+from glimp_cli.bench import BenchPlan, Condition, ProgressCallback, run_bench, run_condition, session_pairs, summarize
 from glimp_cli.bench import fingerprint as bench_fingerprint
 from glimp_cli.bench import make_plan as make_bench_plan
 from glimp_cli.config import ModelSpec, PairSpec
 from glimp_cli.entropy import ENTROPY_MODES
 from glimp_cli.errors import ConfigError, DataError, did_you_mean
+from glimp_cli.parallel import DEFAULT_PARALLEL, SessionPairs
 from glimp_cli.router import RouterSettings
 from glimp_cli.session import Session
 from glimp_cli.store import ResultStore
@@ -167,11 +168,13 @@ def make_plan(
     answer_key: str | None = None,
     offset: int = 0,
     limit: int | None = None,
+    parallel: int = DEFAULT_PARALLEL,
 ) -> CalibrationPlan:
     """Check the options and read the data file (before any model loads).
 
     Args:
         target_rate, rates: large-step shares in (0, 1); thresholds: nats; max_latency: x large's; margin: accuracy.
+        parallel: problems in flight at once, in both passes.
     """
     for rate in (target_rate, *(rates or ())):
         if not 0.0 < rate < 1.0:
@@ -204,6 +207,7 @@ def make_plan(
         answer_key=answer_key,
         offset=offset,
         limit=limit,
+        parallel=parallel,
     )
     return CalibrationPlan(
         bench=plan,
@@ -238,10 +242,16 @@ PROBE = ProbeCondition("small")
 
 
 def run_probe(
-    plan: BenchPlan, *, small: Session, large: Session, store: ResultStore, on_progress: ProgressCallback | None = None
+    plan: BenchPlan,
+    *,
+    small: Session | None = None,
+    large: Session | None = None,
+    sessions: SessionPairs | None = None,
+    store: ResultStore,
+    on_progress: ProgressCallback | None = None,
 ) -> list[dict[str, Any]]:
     """The small model alone through every problem (bench's loop, `small` condition), its records
-    in problem order; records already in the store are reused."""
+    in problem order; records already in the store are reused. Sessions as for bench.run_bench."""
     for problem in plan.problems:
         record = store.get(PROBE.key(problem.id))
         if record is not None and PROBE_KEY not in record:
@@ -249,7 +259,8 @@ def run_probe(
                 f"{store.results_path}: the small result of problem {problem.id!r} has no probe entropies: "
                 "pass --force to start over"
             )
-    run_condition(plan, PROBE, small=small, large=large, store=store, on_progress=on_progress)
+    sessions = session_pairs(plan, small=small, large=large, sessions=sessions)
+    run_condition(plan, PROBE, sessions=sessions, store=store, on_progress=on_progress)
     return [store.get(PROBE.key(problem.id)) for problem in plan.problems]
 
 
@@ -331,15 +342,17 @@ def run_sweep(
     plan: CalibrationPlan,
     candidates: dict[float, float | None],
     *,
-    small: Session,
-    large: Session,
+    small: Session | None = None,
+    large: Session | None = None,
+    sessions: SessionPairs | None = None,
     store: ResultStore,
     on_progress: ProgressCallback | None = None,
 ) -> list[dict[str, Any]]:
     """glimp at every candidate and the `large` reference through bench (the probe's records are
     the `small` reference); one summary row per condition, on this plan's problems only."""
     sweep_plan = dataclasses.replace(plan.bench, modes=("small", "glimp", "large"), thresholds=tuple(candidates))
-    run_bench(sweep_plan, small=small, large=large, store=store, on_progress=on_progress)
+    sessions = session_pairs(sweep_plan, small=small, large=large, sessions=sessions)
+    run_bench(sweep_plan, sessions=sessions, store=store, on_progress=on_progress)
     keys = [condition.key(problem.id) for condition in sweep_plan.fixed_conditions() for problem in sweep_plan.problems]
     summary = summarize([record for record in map(store.get, keys) if record is not None], run=store.fingerprint)
     entropies = probe_entropies((store.get(PROBE.key(p.id)) for p in sweep_plan.problems), plan.settings.entropy_mode)
@@ -448,18 +461,21 @@ def sweep_report(plan: CalibrationPlan, rows: list[dict[str, Any]]) -> dict[str,
 def run_calibration(
     plan: CalibrationPlan,
     *,
-    small: Session,
-    large: Session,
+    small: Session | None = None,
+    large: Session | None = None,
+    sessions: SessionPairs | None = None,
     store: ResultStore,
     display: Callable[[], AbstractContextManager[ProgressCallback | None]] = nullcontext,
 ) -> dict[str, Any]:
     """The probe pass, then the sweep if asked; the report that --json prints.
 
     Args:
+        small, large, sessions: as for bench.run_bench; both passes share the sessions.
         display: a fresh progress context for each pass; it yields the on_progress callback.
     """
+    sessions = session_pairs(plan.bench, small=small, large=large, sessions=sessions)
     with display() as on_progress:
-        records = run_probe(plan.bench, small=small, large=large, store=store, on_progress=on_progress)
+        records = run_probe(plan.bench, sessions=sessions, store=store, on_progress=on_progress)
     run = store.fingerprint
     report: dict[str, Any] = {
         "pair": run.get("pair"),
@@ -475,7 +491,7 @@ def run_calibration(
         candidates = sweep_candidates(plan, records)
         with display() as on_progress:
             rows = run_sweep(
-                plan, candidates, small=small, large=large, store=store, on_progress=_without_probe_skips(on_progress)
+                plan, candidates, sessions=sessions, store=store, on_progress=_without_probe_skips(on_progress)
             )
         report["sweep"] = sweep_report(plan, rows)
     report.update(_chosen(report))

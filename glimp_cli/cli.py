@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 import math
 import os
 import sys
@@ -34,6 +35,7 @@ from glimp_cli.config import (
 )
 from glimp_cli.drafting import NgramDrafter, Speculation, choose_draft_source
 from glimp_cli.errors import ConfigError, GlimpError, RunError, WriteError, did_you_mean, lone_surrogate
+from glimp_cli.parallel import DEFAULT_PARALLEL, PARALLEL_CHECK, MakeSessions, SessionPairs, check_parallel
 from glimp_cli.policy import MODES, make_policy
 from glimp_cli.render import json_text
 from glimp_cli.router import RouterSettings
@@ -199,6 +201,15 @@ OutOpt = Annotated[
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue a run in --out, reusing results already there.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Delete the results and summaries in --out and start over.")]
+ParallelOpt = Annotated[
+    int,
+    typer.Option(
+        "--parallel",
+        min=int(PARALLEL_CHECK.low),
+        help="Problems in flight at once, each on its own sessions: for models served with `url:` "
+        "(in-process models run one at a time).",
+    ),
+]
 
 # The command-line option of each pair or sampling key, for error messages.
 OPTION_NAMES = {
@@ -301,9 +312,32 @@ def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
     return backend.open_session(small_spec), backend.open_session(large_spec)
 
 
-def speculate_with(small_session, large_session, pair: PairSpec) -> Speculation:
+def session_maker(
+    pair: PairSpec,
+    small_spec: ModelSpec,
+    large_spec: ModelSpec,
+    *,
+    on_speculation: Callable[[Speculation], None] = lambda speculation: None,
+) -> MakeSessions:
+    """Makes (small, large) session pairs, the large one speculating as the pair says: one per problem in flight.
+    The first pair's draft source (the same for every pair) goes to `on_speculation`."""
+    made = 0
+
+    def make():
+        nonlocal made
+        small_session, large_session = open_pair(small_spec, large_spec)
+        speculation = speculate_with(small_session, large_session, pair, quiet=made > 0)
+        if made == 0:
+            on_speculation(speculation)
+        made += 1
+        return small_session, large_session
+
+    return make
+
+
+def speculate_with(small_session, large_session, pair: PairSpec, *, quiet: bool = False) -> Speculation:
     """The large model verifies drafts from the pair's draft source (in its steps and the answer it writes);
-    returns the source and why it was chosen."""
+    returns the source and why it was chosen (quiet: without the note on inexact settings, said once already)."""
     draftable, mismatch = None, None
     if pair.speculate in ("auto", "model"):
         draftable, mismatch = backend.draftable_tokens(small_session, large_session)
@@ -318,7 +352,7 @@ def speculate_with(small_session, large_session, pair: PairSpec) -> Speculation:
         large_session.speculate = NgramDrafter(k=pair.draft_tokens)
     verifying = {"off": (), "ngram": (large_session,), "model": (small_session, large_session)}[speculation.source]
     inexact = [session.spec for session in verifying if not session.spec.flash_attn or session.spec.repack]
-    if inexact:
+    if inexact and not quiet:
         # llama.cpp's rows of a verify batch match one-token decodes only so (measured on the CPU backend)
         names = " and ".join(f"'{spec.name}'" for spec in inexact)
         print(
@@ -545,6 +579,7 @@ def bench(
     thinking_budget: ThinkingBudgetOpt = None,
     answer_by: AnswerByOpt = None,
     speculate: SpeculateOpt = None,
+    parallel: ParallelOpt = DEFAULT_PARALLEL,
     config: ConfigOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -558,9 +593,10 @@ def bench(
         speculate=speculate,
     )  # fmt: skip
     _, pair_spec, small_spec, large_spec, settings = options.configure()
+    check_parallel(parallel, (small_spec, large_spec))
     plan = benchmark.make_plan(
         data, settings=settings, modes=modes, thresholds=threshold, rate=rate,
-        problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit,
+        problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit, parallel=parallel,
     )  # fmt: skip
     out = out if out is not None else Path("runs") / data.stem
     fingerprint = benchmark.fingerprint(plan, pair=pair_spec, small=small_spec, large=large_spec)
@@ -570,11 +606,17 @@ def bench(
         render_runs.BenchDisplay(err, out=out) as display,
     ):
         display.notes(store.notes)
-        small_session, large_session = open_pair(small_spec, large_spec)
-        speculation = speculate_with(small_session, large_session, pair_spec)
-        display.speculation(speculation)
-        summary = benchmark.run_bench(plan, small=small_session, large=large_session, store=store, on_progress=display)
-        summary["speculation"] = dataclasses.asdict(speculation)
+        chosen: list[Speculation] = []
+
+        def announce(speculation: Speculation) -> None:
+            chosen.append(speculation)
+            display.speculation(speculation)
+
+        make = session_maker(pair_spec, small_spec, large_spec, on_speculation=announce)
+        sessions = SessionPairs(make)  # opened as problems need them
+        summary = benchmark.run_bench(plan, sessions=sessions, store=store, on_progress=display)
+        if chosen:  # models were loaded
+            summary["speculation"] = dataclasses.asdict(chosen[0])
     if json_output:
         print(json_text(summary, indent=2))
     else:
@@ -665,6 +707,7 @@ def calibrate(
     thinking_budget: ThinkingBudgetOpt = None,
     answer_by: AnswerByOpt = None,
     speculate: SpeculateOpt = None,
+    parallel: ParallelOpt = DEFAULT_PARALLEL,
     config: ConfigOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
@@ -678,20 +721,20 @@ def calibrate(
         speculate=speculate,
     )  # fmt: skip
     cfg, pair_spec, small_spec, large_spec, settings = options.configure(calibrated=False)
+    check_parallel(parallel, (small_spec, large_spec))
     plan = calibration.make_plan(
         data, settings=settings, target_rate=target_rate, sweep=sweep, thresholds=thresholds, rates=rates,
         objective=objective, max_latency=max_latency, margin=margin,
-        problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit,
+        problem_key=problem_key, answer_key=answer_key, offset=offset, limit=limit, parallel=parallel,
     )  # fmt: skip
     out = out if out is not None else Path("runs") / f"calibrate-{data.stem}"
     fingerprint = calibration.fingerprint(plan, pair=pair_spec, small=small_spec, large=large_spec)
     err = Console(stderr=True, highlight=False)
     with open_store(out, fingerprint=fingerprint, resume=resume, force=force) as store:
         BenchDisplay(err, out=out).notes(store.notes)
-        small_session, large_session = open_pair(small_spec, large_spec)
-        speculate_with(small_session, large_session, pair_spec)
+        sessions = SessionPairs(session_maker(pair_spec, small_spec, large_spec))  # opened as problems need them
         report = calibration.run_calibration(
-            plan, small=small_session, large=large_session, store=store, display=lambda: BenchDisplay(err, out=out)
+            plan, sessions=sessions, store=store, display=lambda: BenchDisplay(err, out=out)
         )
     save_error = None
     if save and report["threshold"] is not None:

@@ -9,11 +9,16 @@ Each session is driven by a script:
 
 The session records what it was asked (catch_up transcripts, generate_step arguments, sampled
 tokens) so tests can assert on how the router drove it.
+
+ServedModel and its SleepingSessions stand in for a model on a server: many sessions at once (one
+per problem in flight), each call sleeping the server's time, with a thread-safe log.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
@@ -190,3 +195,127 @@ class _ScriptedTokens:
 
     def rollback(self) -> None:
         pass
+
+
+# -- a model on a server: many sessions at once -------------------------------------------------------
+
+STEP_PIECE = "{name} step {index}.\n\n"  # one token per character
+FINAL_PIECE = "So \\boxed{"
+
+
+class ServedModel:
+    """What the sessions of one served model share, as a server's sessions do: a delay per call, scripted
+    failures, and a thread-safe log (which problems started, how many calls ran at once).
+
+    Every session thinks `steps` steps ("<name> step i." and the delimiter), then writes '\\boxed{' and,
+    asked for the answer, `answers[problem]` (else "0") and '}'. The probe before step i of problem
+    "problem k" is uniform over probe_widths[(k + i) % len(probe_widths)] tokens: ln(width) nats.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        steps: int = 4,
+        delay_s: float = 0.0,
+        probe_widths: Sequence[int] = (1,),
+        answers: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.steps = steps
+        self.delay_s = delay_s  # slept in every probe and step: the server's time
+        self.probe_widths = probe_widths
+        self.answers = answers or {}
+        self.fail_at_start: dict[str, BaseException] = {}  # problem text -> what start() raises for it
+        self.on_start: dict[int, object] = {}  # n -> called (no arguments) at the n-th start, 1-based
+        self.starts: list[tuple[str, int]] = []  # (problem, seed), in the order sessions started them
+        self.sessions = 0  # sessions made
+        self.max_active = 0  # most calls running at once
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def session(self) -> SleepingSession:
+        with self._lock:
+            self.sessions += 1
+        return SleepingSession(self)
+
+    def started(self, problem: str, seed: int) -> None:
+        with self._lock:
+            if problem in self.fail_at_start:
+                raise self.fail_at_start[problem]
+            self.starts.append((problem, seed))
+            hook = self.on_start.get(len(self.starts))
+        if hook is not None:
+            hook()
+
+    def serve(self) -> None:
+        """One call's time on the server."""
+        with self._lock:
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
+        try:
+            time.sleep(self.delay_s)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
+class SleepingSession:
+    """A Session of a ServedModel: one problem's context, used by one thread at a time."""
+
+    think = None
+    entropy_modes = ENTROPY_MODES
+
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+        self.counters = Counters()
+        self._problem = ""
+        self._number = 0
+        self._text = ""
+
+    def start(self, problem: str, *, sampling: Sampling, reserve: int = 0) -> None:
+        self.model.started(problem, sampling.seed)
+        self._problem, self._text, self.counters = problem, "", Counters()
+        last = problem.rsplit(" ", 1)[-1]
+        self._number = int(last) if last.isdigit() else 0
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def catch_up(self, transcript: str) -> None:
+        if not transcript.startswith(self._text):
+            raise AssertionError(f"{self.model.name}: transcript {transcript!r} does not extend {self._text!r}")
+        self.counters.prefill_tokens += len(transcript) - len(self._text)
+        self._text = transcript
+
+    def context_room(self) -> int:
+        return DEFAULT_N_CTX - len(self._text)
+
+    def context_tokens(self) -> int:
+        return len(self._text)
+
+    def probe(self, *, top_k: int) -> FirstToken:
+        self.model.serve()
+        widths = self.model.probe_widths
+        width = widths[(self._number + self._text.count("\n\n")) % len(widths)]
+        logits = np.array([0.0] * width + [-np.inf] * (max(widths) - width + 1))
+        return FirstToken(token=0, text="t", entropies=initial_token_entropies(logits, top_k=top_k))
+
+    def generate_step(
+        self, *, first_token: object | None, stops: Sequence[str], max_tokens: int
+    ) -> Generator[str, None, StepOutput]:
+        self.model.serve()
+        done_steps = self._text.count("\n\n")
+        if self._text.endswith("\\boxed{"):
+            text, finish, stop = self.model.answers.get(self._problem, "0") + "}", "eos", None
+        elif done_steps < self.model.steps - 1:
+            text, finish, stop = STEP_PIECE.format(name=self.model.name, index=done_steps + 1), "stop", "\n\n"
+        else:
+            text, finish, stop = FINAL_PIECE, "stop", "\\boxed{"
+        if len(text) > max_tokens:
+            raise AssertionError(f"{self.model.name}: a step of {len(text)} tokens asked to fit in {max_tokens}")
+        yield text
+        self._text += text
+        self.counters.generated_tokens += len(text)
+        return StepOutput(text=text, tokens=len(text), finish=finish, stop=stop)
