@@ -606,17 +606,9 @@ def bench(
         render_runs.BenchDisplay(err, out=out) as display,
     ):
         display.notes(store.notes)
-        chosen: list[Speculation] = []
-
-        def announce(speculation: Speculation) -> None:
-            chosen.append(speculation)
-            display.speculation(speculation)
-
-        make = session_maker(pair_spec, small_spec, large_spec, on_speculation=announce)
+        make = session_maker(pair_spec, small_spec, large_spec, on_speculation=display.speculation)
         sessions = SessionPairs(make)  # opened as problems need them
         summary = benchmark.run_bench(plan, sessions=sessions, store=store, on_progress=display)
-        if chosen:  # models were loaded
-            summary["speculation"] = dataclasses.asdict(chosen[0])
     if json_output:
         print(json_text(summary, indent=2))
     else:
