@@ -294,12 +294,26 @@ def _model_arg(config: Config, value: str, *, pair: PairSpec) -> ModelSpec:
 
 
 def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
-    return backend.open_session(small_spec), backend.open_session(large_spec)
+    return open_model(small_spec), open_model(large_spec)
+
+
+def open_model(spec: ModelSpec):
+    """A session on the model: in-process (llama.cpp), or on its server for a url model."""
+    if spec.remote:
+        from glimp_cli.remote import open_remote_session
+
+        return open_remote_session(spec)
+    return backend.open_session(spec)
 
 
 def speculate_with(large_session, mode: str) -> None:
     """The large model verifies drafts from the pair's `speculate` drafter (in its steps and the answer it writes)."""
     drafter = make_drafter(mode)
+    if drafter is not None and large_session.spec.remote:
+        raise ConfigError(
+            f"speculate: {mode} drafts are verified by in-process models only; '{large_session.name}' is served "
+            "at a url (set speculate: off for this pair)"
+        )
     if drafter is not None:
         large_session.speculate = drafter
         spec = large_session.spec
@@ -399,6 +413,10 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
     memory = free_memory(gpu_offload=gpu_offload)
     estimates, rows = {}, []
     for m in cfg.models.values():
+        if m.remote:
+            rows.append(remote_row(m))
+            estimates[m.name] = None
+            continue
         status = model_file_status(m)
         estimate, note = None, ("not downloaded" if m.hf else "no file")
         if status == "ok":
@@ -456,7 +474,11 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
     table = Table("model", "source", "file", "n_ctx", "n_gpu_layers", "KV cache", title="models")
     notes = []
     for row in rows:
-        if row["status"] != "ok":
+        if row.get("url"):
+            served = ", ".join(row["served"]) or "-"
+            file = f"[green]{row['engine']}[/]" if row["status"] == "ok" else f"[red]{escape(row['status'])}[/]"
+            kv = escape(f"server serves: {served}")
+        elif row["status"] != "ok":
             file, kv = f"[red]{escape(row['status'])}[/]", escape(row["estimate_note"])
         elif row["file_bytes"] is None:
             file, kv = "[green]ok[/]", "?"
@@ -464,7 +486,8 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
         else:
             file = f"[green]{format_bytes(row['file_bytes'])}[/]"
             kv = f"{format_bytes(row['kv_cache_bytes'])} {row['type_k']}/{row['type_v']}"
-        table.add_row(escape(row["name"]), escape(row["source"]), file, str(row["n_ctx"]), str(row["n_gpu_layers"]), kv)
+        layers = "-" if row["n_gpu_layers"] is None else str(row["n_gpu_layers"])
+        table.add_row(escape(row["name"]), escape(row["source"]), file, str(row["n_ctx"]), layers, kv)
     console.print(table)
     for note in notes:
         console.print(note, markup=False, soft_wrap=True)
@@ -482,6 +505,31 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
         + (", all layers on the GPU" if gpu_offload else ""),
         markup=False,
     )
+
+
+def remote_row(spec: ModelSpec) -> dict[str, object]:
+    """`glimp models`' row for a url model: whether its server answers and the model names it serves."""
+    from glimp_cli.remote import server_status
+
+    status = server_status(spec)
+    return {
+        "name": spec.name,
+        "source": spec.source,
+        "url": spec.url,
+        "model": spec.model,
+        "status": status["note"] or "ok",
+        "reachable": status["reachable"],
+        "served": status["served"],
+        "engine": status["engine"],
+        "n_ctx": spec.n_ctx,
+        "n_gpu_layers": None,
+        "type_k": None,
+        "type_v": None,
+        "file_bytes": None,
+        "kv_cache_bytes": None,
+        "compute_bytes": None,
+        "estimate_note": "served remotely",
+    }
 
 
 @app.command()
@@ -699,7 +747,11 @@ def pull(
     from glimp_cli.sources import resolve_model_path
 
     cfg = load_config(find_config(config))
-    print(resolve_model_path(cfg.model(name), download=True))
+    spec = cfg.model(name)
+    if spec.remote:
+        print(f"model '{spec.name}' is served at {spec.url}: nothing to pull")
+        return
+    print(resolve_model_path(spec, download=True))
 
 
 def main() -> None:
