@@ -248,6 +248,13 @@ class RunOptions:
         pair, small, large = resolve_pair(
             config, pair=self.pair, small=self.small, large=self.large, overrides=overrides
         )
+        if small.remote and pair.entropy == "full":
+            # the router would refuse it too (the session measures topk only); here it is said before any request
+            raise ConfigError(
+                f"entropy full needs the whole vocabulary's logits, but the small model '{small.name}' is remote "
+                f"({small.url}), where glimp reads the top-20 log-probs only: use --entropy topk, or entropy: topk "
+                f"for pair '{pair.name}'"
+            )
         sampling = check_sampling(
             Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed), names=OPTION_NAMES
         )

@@ -5,11 +5,14 @@ tests go through the real openai client and HTTP, against a loopback server repl
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import numpy as np
 import pytest
 
+from cli_helpers import one_error_line, run_main
+from glimp_cli.cli import main
 from glimp_cli.config import ModelSpec, load_config
 from glimp_cli.errors import ConfigError
 from glimp_cli.remote import (
@@ -344,3 +347,67 @@ def drain(steps):
 
 def test_a_single_log_prob_is_a_certain_token():
     assert probe_entropy([-0.01], top_k=20, temperature=0.6, tempered=False) == 0.0
+
+
+# -- the command line, with servers that fail (no model is loaded here) -----------------------------------------------
+
+
+def remote_pair_config(tmp_path, small_url: str, large_url: str, *, entropy: str = "topk", timeout_s: float = 5) -> str:
+    path = tmp_path / "models.yaml"
+    keys = f"    model: Qwen/Qwen3-4B\n    prompt: 'Q: {{problem}}'\n    timeout_s: {timeout_s}\n"
+    path.write_text(
+        f"models:\n  s:\n    url: {small_url}\n{keys}  l:\n    url: {large_url}\n{keys}"
+        f"pairs:\n  p:\n    small: s\n    large: l\n    entropy: {entropy}\n",
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def test_ask_against_a_server_that_is_not_started_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    code, err = run_main(monkeypatch, capsys, "ask", "2 + 3?", "--config", remote_pair_config(tmp_path, url, url))
+    assert code == 1
+    assert one_error_line(err) == f"model 's' ('Qwen/Qwen3-4B' at {url}): cannot connect (Connection refused), 3 tries"
+
+
+def test_ask_against_a_server_slower_than_its_timeout_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    with replay_server(recorded("vllm_models.json")) as server:
+        server.replies = [Reply(recorded("vllm_probe.json"), delay_s=1.5) for _ in range(3)]
+        config = remote_pair_config(tmp_path, server.url, server.url, timeout_s=0.5)
+        code, err = run_main(monkeypatch, capsys, "ask", "2 + 3?", "--config", config)
+    assert code == 1
+    assert one_error_line(err) == (
+        f"model 's' ('Qwen/Qwen3-4B' at {server.url}): no answer within 0.5 s (timeout_s in models.yaml), 3 tries"
+    )
+
+
+def test_entropy_full_on_a_remote_small_model_names_it_as_remote(tmp_path, monkeypatch, capsys):
+    url = "http://127.0.0.1:9/v1"
+    code, err = run_main(
+        monkeypatch, capsys, "ask", "2 + 3?", "--config", remote_pair_config(tmp_path, url, url, entropy="full")
+    )
+    assert code == 2
+    assert one_error_line(err) == (
+        f"entropy full needs the whole vocabulary's logits, but the small model 's' is remote ({url}), where glimp "
+        "reads the top-20 log-probs only: use --entropy topk, or entropy: topk for pair 'p'"
+    )
+
+
+def test_pull_of_a_url_model_says_there_is_nothing_to_pull(tmp_path, monkeypatch, capsys):
+    url = "http://127.0.0.1:9/v1"
+    monkeypatch.setattr(sys, "argv", ["glimp", "pull", "l", "--config", remote_pair_config(tmp_path, url, url)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"model 'l' is served at {url}: nothing to pull\n"
+
+
+def test_glimp_models_shows_an_unreachable_server_as_a_row(tmp_path, monkeypatch, capsys):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    monkeypatch.setattr(sys, "argv", ["glimp", "models", "--config", remote_pair_config(tmp_path, url, url)])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert out.count("unreachable: Connection refused") == 2
