@@ -281,3 +281,20 @@ def glimp_command(*args: str) -> list[str]:
 
 def glimp(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(glimp_command(*args), env=glimp_env(), text=True, capture_output=True, timeout=600)
+
+
+def test_calibrate_on_a_remote_pair_picks_a_threshold_from_server_probes(servers, demo_files, tmp_path):
+    config = write_config(tmp_path, demo_files, urls_of(servers))
+    data = tmp_path / "dev.jsonl"
+    problems = [(NATALIA, "72"), ("Tom has 3 boxes with 5 apples each. How many apples does he have?", "15")]
+    data.write_text("".join(json.dumps({"problem": p, "answer": a}) + "\n" for p, a in problems))
+    result = glimp(
+        "calibrate", str(data), "--config", config, "--pair", "remote", "--target-rate", "0.5", "--thinking-budget",
+        "256", "--out", str(tmp_path / "calibration"), "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    probe = report["probe"]
+    assert (report["entropy_mode"], probe["problems"], probe["failed"]) == ("topk", 2, 0)
+    assert probe["modes"]["full"]["distribution"] is None  # a remote small model measures top-k only
+    assert report["threshold"] == probe["modes"]["topk"]["threshold"]["threshold"]
