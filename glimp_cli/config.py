@@ -189,7 +189,7 @@ MODEL_CHECKS: dict[str, Check] = {
     "url": lambda value: (
         None if value is None or value.startswith(URL_SCHEMES) else "must start with http:// or https://"
     ),
-    "timeout_s": lambda value: None if math.isfinite(value) and value > 0 else "must be a finite number above 0",
+    "timeout_s": Bounds(0.001, real=True),  # seconds
 }
 SAMPLING_CHECKS: dict[str, Check] = {
     "temperature": Bounds(0.0, real=True),
@@ -398,12 +398,12 @@ def _build_model(name: str, body: Any, where, base_dir: Path) -> ModelSpec:
             f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf, url "
             f"(has {', '.join(sources) or 'none'})"
         )
+    check_values(MODEL_CHECKS, values, label=lambda key: f"{where('models', name, key)}: {key}")
     _check_remote_keys(name, values, where)
     if values.get("package") and not (values.get("file") or values.get("assemble")):
         raise ConfigError(
             f"{where('models', name)}: model '{name}' names a package: add 'file' (path inside it) or 'assemble: true'"
         )
-    check_values(MODEL_CHECKS, values, label=lambda key: f"{where('models', name, key)}: {key}")
     type_v = values.get("type_v", DEFAULT_KV_CACHE_TYPE)
     if is_quantized(type_v) and not values.get("flash_attn", False):
         # llama-cpp-python turns flash attention off, not to "auto", when flash_attn is false: llama.cpp then refuses

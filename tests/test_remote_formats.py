@@ -202,7 +202,7 @@ def test_a_url_model_loads_with_its_server_keys(tmp_path):
         ("    path: x.gguf\n    model: m\n", "'model' goes with 'url' only"),
         (
             "    url: http://h/v1\n    model: m\n    prompt: '{problem}'\n    timeout_s: 0\n",
-            "timeout_s must be a finite",
+            "timeout_s must be a finite number, 0.001 or more",
         ),
     ],
 )
