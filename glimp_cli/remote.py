@@ -435,7 +435,7 @@ class RemoteSession:
         try:
             finished = False
             while True:
-                with self._failures():
+                with self._failures(streaming=True):
                     try:
                         event = next(stream)
                     except StopIteration:
@@ -458,18 +458,27 @@ class RemoteSession:
         return self._client.completions.create(**standard, extra_body=extra or None)
 
     @contextlib.contextmanager
-    def _failures(self) -> Iterator[None]:
-        """One line for any failure of a request to the server, naming it and the model."""
+    def _failures(self, *, streaming: bool = False) -> Iterator[None]:
+        """One line for any failure of a request to the server, naming it and the model; `streaming`: while a
+        stream is read (the openai client reports a connection lost mid-stream as a connection error)."""
         spec = self.spec
         where = f"model '{self.name}' ('{spec.model}' at {spec.url})"
         try:
             yield
         except openai.APITimeoutError:
+            if streaming:
+                raise RemoteError(
+                    f"{where}: the stream stalled for more than {spec.timeout_s:g} s (timeout_s in models.yaml)"
+                ) from None
             raise RemoteError(
                 f"{where}: no answer within {spec.timeout_s:g} s (timeout_s in models.yaml), "
                 f"{DEFAULT_MAX_RETRIES + 1} tries"
             ) from None
         except openai.APIConnectionError as exc:
+            if streaming:
+                raise RemoteError(
+                    f"{where}: the stream broke off ({_cause(exc)}; the server stopped or restarted?)"
+                ) from None
             raise RemoteError(f"{where}: cannot connect ({_cause(exc)}), {DEFAULT_MAX_RETRIES + 1} tries") from None
         except openai.NotFoundError as exc:
             raise RemoteError(

@@ -310,6 +310,20 @@ def test_a_server_slower_than_the_timeout_fails_after_bounded_retries():
     assert len(server.requests) == 3 and elapsed < 8
 
 
+def test_a_stream_that_stalls_past_the_timeout_is_a_remote_error():
+    with replay_server(recorded("vllm_models.json")) as server:
+        session = open_remote_session(remote_spec(server.url, timeout_s=0.5))
+        server.replies = [Reply(recorded("vllm_step_stop.txt"), chunk_delay_s=1.0)]
+        session.start("x", sampling=GREEDY)
+        with pytest.raises(RemoteError) as caught:
+            drain(session.generate_step(first_token=None, stops=["\n\n"], max_tokens=64))
+    assert str(caught.value) == (
+        f"model 'big' ('Qwen/Qwen3-4B' at {server.url}): the stream stalled for more than 0.5 s "
+        "(timeout_s in models.yaml)"
+    )
+    assert session.text == ""
+
+
 def test_a_model_the_server_does_not_serve_is_named_with_what_it_serves():
     with replay_server(recorded("vllm_models.json")) as server:
         with pytest.raises(RemoteError) as caught:
