@@ -532,6 +532,7 @@ class StreamedText:
         self.session = session
         self._first = first_token
         self._stops = stops
+        self._lead = ""  # the probe's token text, which the request continues after
         self._prompt = ""  # what the request continues: prompt + transcript + the probe's token
         self._streamed = ""  # text the stream has sent
         self._chunks: Iterator[Chunk] | None = None
@@ -546,10 +547,10 @@ class StreamedText:
             first, self._first = self._first, None
             if first.eos:
                 return Proposal((), eos=True)
-            self._prompt = first.text
+            self._lead = first.text
             return Proposal((first.text.encode("utf-8"),))
         if self._chunks is None:
-            self._prompt = session._prompt + session._text + self._prompt
+            self._prompt = session._prompt + session._text + self._lead
             self._chunks = session.open_stream(self._prompt, stops=self._stops, max_tokens=limit)
         for chunk in self._chunks:
             self._usage = chunk.usage or self._usage
