@@ -262,6 +262,13 @@ class RunOptions:
         pair, small, large = resolve_pair(
             config, pair=self.pair, small=self.small, large=self.large, overrides=overrides
         )
+        if small.remote and pair.entropy == "full":
+            # the router would refuse it too (the session measures topk only); here it is said before any request
+            raise ConfigError(
+                f"entropy full needs the whole vocabulary's logits, but the small model '{small.name}' is remote "
+                f"({small.url}), where glimp reads the top-20 log-probs only: use --entropy topk, or entropy: topk "
+                f"for pair '{pair.name}'"
+            )
         sampling = check_sampling(
             Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed), names=OPTION_NAMES
         )
@@ -309,7 +316,16 @@ def _model_arg(config: Config, value: str, *, pair: PairSpec) -> ModelSpec:
 
 
 def open_pair(small_spec: ModelSpec, large_spec: ModelSpec):
-    return backend.open_session(small_spec), backend.open_session(large_spec)
+    return open_model(small_spec), open_model(large_spec)
+
+
+def open_model(spec: ModelSpec):
+    """A session on the model: in-process (llama.cpp), or on its server for a url model."""
+    if spec.remote:
+        from glimp_cli.remote import open_remote_session
+
+        return open_remote_session(spec)
+    return backend.open_session(spec)
 
 
 def session_maker(
@@ -338,9 +354,17 @@ def session_maker(
 def speculate_with(small_session, large_session, pair: PairSpec, *, quiet: bool = False) -> Speculation:
     """The large model verifies drafts from the pair's draft source (in its steps and the answer it writes);
     returns the source and why it was chosen (quiet: without the note on inexact settings, said once already)."""
+    if pair.speculate != "off" and large_session.spec.remote:
+        raise ConfigError(
+            f"speculate: {pair.speculate}: drafts are verified by in-process models only; '{large_session.name}' is "
+            "served at a url (set speculate: off for this pair)"
+        )
     draftable, mismatch = None, None
     if pair.speculate in ("auto", "model"):
-        draftable, mismatch = backend.draftable_tokens(small_session, large_session)
+        if small_session.spec.remote:
+            mismatch = f"'{small_session.name}' is served at a url: only an in-process small model drafts"
+        else:
+            draftable, mismatch = backend.draftable_tokens(small_session, large_session)
         if mismatch is not None and pair.speculate == "model":
             raise ConfigError(f"--speculate model: {mismatch}; use ngram (or auto, which falls back to it)")
     speculation = choose_draft_source(pair.speculate, vocabulary_mismatch=mismatch)
@@ -452,6 +476,10 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
     memory = free_memory(gpu_offload=gpu_offload)
     estimates, rows = {}, []
     for m in cfg.models.values():
+        if m.remote:
+            rows.append(remote_row(m))
+            estimates[m.name] = None
+            continue
         status = model_file_status(m)
         estimate, note = None, ("not downloaded" if m.hf else "no file")
         if status == "ok":
@@ -509,7 +537,11 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
     table = Table("model", "source", "file", "n_ctx", "n_gpu_layers", "KV cache", title="models")
     notes = []
     for row in rows:
-        if row["status"] != "ok":
+        if row.get("url"):
+            served = ", ".join(row["served"]) or "-"
+            file = f"[green]{row['engine']}[/]" if row["status"] == "ok" else f"[red]{escape(row['status'])}[/]"
+            kv = escape(f"server serves: {served}")
+        elif row["status"] != "ok":
             file, kv = f"[red]{escape(row['status'])}[/]", escape(row["estimate_note"])
         elif row["file_bytes"] is None:
             file, kv = "[green]ok[/]", "?"
@@ -517,7 +549,8 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
         else:
             file = f"[green]{format_bytes(row['file_bytes'])}[/]"
             kv = f"{format_bytes(row['kv_cache_bytes'])} {row['type_k']}/{row['type_v']}"
-        table.add_row(escape(row["name"]), escape(row["source"]), file, str(row["n_ctx"]), str(row["n_gpu_layers"]), kv)
+        layers = "-" if row["n_gpu_layers"] is None else str(row["n_gpu_layers"])
+        table.add_row(escape(row["name"]), escape(row["source"]), file, str(row["n_ctx"]), layers, kv)
     console.print(table)
     for note in notes:
         console.print(note, markup=False, soft_wrap=True)
@@ -535,6 +568,31 @@ def models(config: ConfigOpt = None, json_output: JsonOpt = False) -> None:
         + (", all layers on the GPU" if gpu_offload else ""),
         markup=False,
     )
+
+
+def remote_row(spec: ModelSpec) -> dict[str, object]:
+    """`glimp models`' row for a url model: whether its server answers and the model names it serves."""
+    from glimp_cli.remote import server_status
+
+    status = server_status(spec)
+    return {
+        "name": spec.name,
+        "source": spec.source,
+        "url": spec.url,
+        "model": spec.model,
+        "status": status["note"] or "ok",
+        "reachable": status["reachable"],
+        "served": status["served"],
+        "engine": status["engine"],
+        "n_ctx": spec.n_ctx,
+        "n_gpu_layers": None,
+        "type_k": None,
+        "type_v": None,
+        "file_bytes": None,
+        "kv_cache_bytes": None,
+        "compute_bytes": None,
+        "estimate_note": "served remotely",
+    }
 
 
 @app.command()
@@ -755,7 +813,11 @@ def pull(
     from glimp_cli.sources import resolve_model_path
 
     cfg = load_config(find_config(config))
-    print(resolve_model_path(cfg.model(name), download=True))
+    spec = cfg.model(name)
+    if spec.remote:
+        print(f"model '{spec.name}' is served at {spec.url}: nothing to pull")
+        return
+    print(resolve_model_path(spec, download=True))
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,14 @@ DEFAULT_THINKING_BUDGET = 8192
 DEFAULT_ANSWER_MAX_TOKENS = 256
 DEFAULT_THRESHOLD = 1.0
 ANSWER_BY = ("large", "small", "last")
+DEFAULT_TIMEOUT_S = 120.0  # seconds a server may stay silent before a request to it fails (models.yaml: timeout_s)
+URL_SCHEMES = ("http://", "https://")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One GGUF model and its llama.cpp options. Exactly one of path / package / hf."""
+    """One model: a GGUF file and its llama.cpp options, or a model on a server. Exactly one of path / package /
+    hf / url."""
 
     name: str
     path: str | None = None  # a .gguf file (relative to the config file)
@@ -39,7 +43,13 @@ class ModelSpec:
     file: str | None = None  # path of the .gguf inside `package`
     assemble: bool = False  # `package` builds the file with its assemble() function
     hf: str | None = None  # "owner/repo/file.gguf", downloaded only when asked
-    prompt: str | None = None  # template with {problem}; else the GGUF chat template
+    url: str | None = None  # an OpenAI-compatible server ("http://host:8000/v1"): glimp_cli.remote
+    model: str | None = None  # with url: the model name the server serves
+    api_key_env: str | None = None  # with url: the environment variable holding the server's API key
+    chat_template: str | None = None  # with url: a .jinja chat template file (relative to the config file)
+    timeout_s: float = DEFAULT_TIMEOUT_S  # with url: seconds the server may stay silent in a request
+    tempered_logprobs: bool | None = None  # with url: the server's log-probs are after temperature; None: by engine
+    prompt: str | None = None  # template with {problem}; else the GGUF chat template (url: chat_template)
     system: str | None = None  # system message for the chat template
     think_prefix: str | None = None  # opens the think block ("<think>\n"; "" none); unset: from the chat template
     n_gpu_layers: int = -1  # -1: all layers on the GPU when a GPU backend is compiled in
@@ -61,7 +71,14 @@ class ModelSpec:
             return self.path
         if self.package:
             return f"{self.package}:{self.file}" if self.file else f"{self.package} (assembled)"
+        if self.url:
+            return f"{self.url} ({self.model})"
         return f"hf:{self.hf}"
+
+    @property
+    def remote(self) -> bool:
+        """Served by an OpenAI-compatible server, not loaded in-process."""
+        return self.url is not None
 
 
 @dataclass(frozen=True)
@@ -174,6 +191,10 @@ MODEL_CHECKS: dict[str, Check] = {
     "n_batch": Bounds(1, MAX_LLAMA_INT),
     "type_k": one_of(tuple(KV_CACHE_TYPES)),
     "type_v": one_of(tuple(KV_CACHE_TYPES)),
+    "url": lambda value: (
+        None if value is None or value.startswith(URL_SCHEMES) else "must start with http:// or https://"
+    ),
+    "timeout_s": Bounds(0.001, real=True),  # seconds
 }
 SAMPLING_CHECKS: dict[str, Check] = {
     "temperature": Bounds(0.0, real=True),
@@ -379,18 +400,24 @@ def _fields_of(body: Any, fields: dict[str, dataclasses.Field], key_path: tuple[
 
 
 def _build_model(name: str, body: Any, where, base_dir: Path) -> ModelSpec:
+    if isinstance(body, dict) and "api_key" in body:  # before the unknown-key check: a clearer message
+        raise ConfigError(
+            f"{where('models', name, 'api_key')}: model '{name}': never put an API key in models.yaml: set "
+            "api_key_env to the name of an environment variable that holds it"
+        )
     values = _fields_of(body, _MODEL_FIELDS, ("models", name), where)
-    sources = [k for k in ("path", "package", "hf") if values.get(k)]
+    sources = [k for k in ("path", "package", "hf", "url") if values.get(k)]
     if len(sources) != 1:
         raise ConfigError(
-            f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf "
+            f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf, url "
             f"(has {', '.join(sources) or 'none'})"
         )
+    check_values(MODEL_CHECKS, values, label=lambda key: f"{where('models', name, key)}: {key}")
+    _check_remote_keys(name, values, where)
     if values.get("package") and not (values.get("file") or values.get("assemble")):
         raise ConfigError(
             f"{where('models', name)}: model '{name}' names a package: add 'file' (path inside it) or 'assemble: true'"
         )
-    check_values(MODEL_CHECKS, values, label=lambda key: f"{where('models', name, key)}: {key}")
     type_v = values.get("type_v", DEFAULT_KV_CACHE_TYPE)
     if is_quantized(type_v) and not values.get("flash_attn", False):
         # llama-cpp-python turns flash attention off, not to "auto", when flash_attn is false: llama.cpp then refuses
@@ -400,6 +427,37 @@ def _build_model(name: str, body: Any, where, base_dir: Path) -> ModelSpec:
             "flash attention: set flash_attn: true"
         )
     return ModelSpec(name=name, base_dir=str(base_dir), **values)
+
+
+REMOTE_ONLY_KEYS = ("model", "api_key_env", "chat_template", "timeout_s", "tempered_logprobs")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_remote_keys(name: str, values: dict[str, Any], where) -> None:
+    """A url model names its served model and has a way to build its prompt; the url keys go with url only."""
+    if not values.get("url"):
+        for key in REMOTE_ONLY_KEYS:
+            if key in values:
+                raise ConfigError(f"{where('models', name, key)}: model '{name}': '{key}' goes with 'url' only")
+        return
+    if not values.get("model"):
+        raise ConfigError(
+            f"{where('models', name)}: model '{name}' has a url: add 'model', the model name the server serves "
+            "(GET <url>/models lists them)"
+        )
+    env = values.get("api_key_env")
+    if env is not None and not ENV_NAME.fullmatch(env):
+        # the value is not echoed: it may be the key itself
+        raise ConfigError(
+            f"{where('models', name, 'api_key_env')}: model '{name}': api_key_env must name an environment "
+            "variable (letters, digits, _), such as VLLM_API_KEY; never put the key itself in models.yaml"
+        )
+    if values.get("prompt") is None and not values.get("chat_template"):
+        raise ConfigError(
+            f"{where('models', name)}: model '{name}' is served at {values['url']}: glimp renders its prompt as "
+            "text, so set 'prompt' (a template with {problem}) or 'chat_template' (a .jinja file, e.g. the "
+            "model's tokenizer_config.json chat_template) for it"
+        )
 
 
 def _build_pair(name: str, body: Any, where, models: dict[str, ModelSpec]) -> PairSpec:

@@ -64,6 +64,7 @@ class ModelTotals:
     drafted_tokens: int = 0  # speculative decoding: draft tokens the model verified
     accepted_tokens: int = 0  # of which it sampled the same token
     verify_calls: int = 0  # decode calls that verified a draft (part of decode_calls)
+    cached_tokens: int = 0  # a server's prompt tokens served from its prefix cache (remote models)
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -134,6 +135,7 @@ def summary_record(summary: Summary) -> dict[str, Any]:
         "drafted_tokens": {name: t.drafted_tokens for name, t in per_model.items()},
         "accepted_tokens": {name: t.accepted_tokens for name, t in per_model.items()},
         "verify_calls": {name: t.verify_calls for name, t in per_model.items()},
+        "cached_tokens": {name: t.cached_tokens for name, t in per_model.items()},
         "acceptance_rate": {name: t.acceptance_rate for name, t in per_model.items()},
         "step_counts": {name: t.steps for name, t in per_model.items()},
         "latency_s": round(summary.latency_s, 6),

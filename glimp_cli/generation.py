@@ -1,7 +1,7 @@
 """The generation core: one step of text from any token source.
 
-A token source proposes tokens (one per decode today; a verified batch of drafted tokens or a
-server stream next) and keeps or drops them as it is told. Everything else exists once, here:
+A token source proposes tokens (one per decode, a verified batch of drafted tokens, or the
+chunks of a server's stream) and keeps or drops them as it is told. Everything else exists once, here:
 stop strings, the delimiter-crossing rule (a token whose text runs past a stop string is never
 kept; the part of its text before the cut is kept as text instead), incremental UTF-8 output,
 and roll-back of an abandoned step. mlx-lm's generate_step / speculative_generate_step pair, on
@@ -24,6 +24,7 @@ class Proposal(NamedTuple):
 
     pieces: tuple[bytes, ...]
     eos: bool = False  # an end-of-generation token follows (it is not counted or kept)
+    last: bool = False  # the source has no more tokens (a server stopped at max_tokens): the step ends, "length"
 
 
 class TokenSource(Protocol):
@@ -55,7 +56,7 @@ def generate(source: TokenSource, *, stops: Sequence[str], max_tokens: int) -> G
     try:
         while sampled < max_tokens and finish == "length":
             proposal = source.propose(max_tokens - sampled)
-            if not proposal.pieces and not proposal.eos:
+            if not proposal.pieces and not (proposal.eos or proposal.last):
                 raise RunError(f"{type(source).__name__} proposed no token (internal error)")
             kept, tail = 0, b""
             for piece in proposal.pieces:
@@ -78,6 +79,8 @@ def generate(source: TokenSource, *, stops: Sequence[str], max_tokens: int) -> G
                 if proposal.eos:
                     finish = "eos"
             source.settle(kept, tail)
+            if proposal.last and finish == "length":
+                break
         body = bytes(scan.body)
         if emitted < len(body):
             rest = decoder.decode(body[emitted:], final=True)

@@ -43,7 +43,7 @@ def check_parallel_value(parallel: int) -> int:
 
 def in_process(spec: Any) -> bool:
     """Whether a model runs inside glimp (a GGUF file through llama.cpp), not on a server (`url:`)."""
-    return not getattr(spec, "url", None)
+    return not spec.remote
 
 
 def check_parallel(parallel: int, models: Iterable[Any]) -> None:

@@ -223,4 +223,5 @@ def _totals(session: Session, steps: list[Step], name: str) -> ModelTotals:
         drafted_tokens=counters.drafted_tokens,
         accepted_tokens=counters.accepted_tokens,
         verify_calls=counters.verify_calls,
+        cached_tokens=counters.cached_tokens,
     )

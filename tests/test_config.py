@@ -200,13 +200,16 @@ def test_model_with_two_sources_is_rejected(tmp_path):
     )
     assert (
         message
-        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf (has path, hf)"
+        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf, url (has path, hf)"
     )
 
 
 def test_model_without_a_source_is_rejected(tmp_path):
     message = _config_error(tmp_path, VALID.replace("    path: small.gguf\n", "    n_ctx: 2048\n"))
-    assert message == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf (has none)"
+    assert (
+        message
+        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf, url (has none)"
+    )
 
 
 def test_package_without_file_or_assemble_is_rejected(tmp_path):
