@@ -162,3 +162,42 @@ def test_report_prints_each_figure_with_its_range_and_target(capsys):
         "3. time outside llama.cpp, routed runs [<= 2%]: 1.12% (1.10%-1.15%), "
         "6.25 (6.25-6.25) ms per step; large-only runs 0.60% (0.60%-0.60%)"
     )
+
+
+def test_report_prints_the_speculation_figure_alone_when_only_it_ran(capsys):
+    s = perf.spread
+    row = {
+        "seconds": s([30.0]),
+        "ratio": s([0.9, 0.8]),
+        "acceptance": 0.61,
+        "large_tokens_per_call": 2.25,
+        "verify_calls": 10,
+        "differing_texts": 0,
+    }
+    speculation = {
+        "source": {"source": "ngram", "reason": "auto: prompt lookup, since x"},
+        "draft_tokens": 3,
+        "draft_p_min": 0.75,
+        "threshold": 2.0,
+        "problems": 10,
+        "configurations": {"large": {**row, "acceptance": None}, "large + ngram drafts": row},
+    }
+    machine = {"cpu": "x86_64", "cores": 2, "llama_cpp_python": "0.3.36", "gpu_offload": False, "system_info": "AVX2"}
+    perf.print_report({"repeats": 2, "speculation": speculation, "machine": machine})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (
+        "4. speculation (ngram: auto: prompt lookup, since x; k = 3), 10 problems, latency over large's (same settings):"
+    )
+    assert lines[2] == (
+        "   large                        0.850 (0.800-0.900)    30.0 s  drafts accepted    -  large tokens/call 2.25"
+        "  texts differing 0"
+    )
+    assert lines[3].startswith("   large + ngram drafts         0.850 (0.800-0.900)    30.0 s  drafts accepted  61%")
+
+
+def test_an_unknown_figure_is_a_usage_error():
+    result = benchmark("--figures", "decode,speed")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines()[-1] == (
+        "python -m benchmarks.perf: error: unknown figure 'speed'; expected some of decode,headline,speculation"
+    )

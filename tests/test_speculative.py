@@ -683,3 +683,34 @@ def test_sampled_steps_with_drafts_follow_the_models_own_distribution(exact):
     assert same_distribution_p(plain, drafted) > FALSE_ALARM
     hotter = step_openings(large, range(2 * SEEDS, 3 * SEEDS), temperature=2.0)
     assert same_distribution_p(plain, hotter) <= FALSE_ALARM
+
+
+def test_a_served_large_model_cannot_verify_drafts_and_a_served_small_model_cannot_draft():
+    import types
+
+    from glimp_cli.cli import speculate_with
+    from glimp_cli.config import ModelSpec
+
+    def session(name, **source):
+        return types.SimpleNamespace(spec=ModelSpec(name=name, **source), name=name, speculate=None)
+
+    local = {"path": "m.gguf", "flash_attn": True, "repack": False}
+    served = {"url": "http://127.0.0.1:9/v1", "model": "m"}
+    with pytest.raises(ConfigError) as error:
+        speculate_with(session("s", **local), session("big", **served), PairSpec("p", "s", "big", speculate="ngram"))
+    assert str(error.value) == (
+        "speculate: ngram: drafts are verified by in-process models only; 'big' is served at a url "
+        "(set speculate: off for this pair)"
+    )
+    small, large = session("s", **served), session("big", **local)
+    auto = speculate_with(small, large, PairSpec("p", "s", "big", speculate="auto"))
+    assert auto == Speculation(
+        "ngram", "auto: prompt lookup, since 's' is served at a url: only an in-process small model drafts"
+    )
+    assert isinstance(large.speculate, NgramDrafter)
+    with pytest.raises(ConfigError) as error:
+        speculate_with(small, large, PairSpec("p", "s", "big", speculate="model"))
+    assert str(error.value) == (
+        "--speculate model: 's' is served at a url: only an in-process small model drafts; use ngram (or auto, "
+        "which falls back to it)"
+    )
