@@ -137,7 +137,8 @@ Check = Callable[[Any], "str | None"]  # a value -> what is wrong with it (the a
 
 @dataclass(frozen=True)
 class Bounds:
-    """The check of a number setting: an integer in [low, high], or a finite real number (`real`) from low up."""
+    """The check of a number setting: an integer in [low, high], or a finite real number (`real`) in [low, high]
+    (high None: no upper bound)."""
 
     low: float
     high: float | None = None
@@ -149,10 +150,14 @@ class Bounds:
             return None
         if self.real:
             try:
-                ok = math.isfinite(value) and value >= self.low
+                ok = math.isfinite(value) and value >= self.low and (self.high is None or value <= self.high)
             except OverflowError:  # an integer beyond any float
                 ok = False
-            return None if ok else f"must be a finite number, {self.low:g} or more"
+            if ok:
+                return None
+            if self.high is None:
+                return f"must be a finite number, {self.low:g} or more"
+            return f"must be a finite number from {self.low:g} to {self.high:g}"
         if self.low <= value and (self.high is None or value <= self.high):
             return None
         return f"must be {self.low} or more" if self.high is None else f"must be from {self.low} to {self.high}"
@@ -177,7 +182,7 @@ PAIR_CHECKS: dict[str, Check] = {
     "answer_max_tokens": Bounds(1),
     "speculate": one_of(SPECULATE_MODES),
     "draft_tokens": Bounds(1, MAX_DRAFT_TOKENS),
-    "draft_p_min": lambda value: None if 0.0 <= value <= 1.0 else "must be from 0 to 1",
+    "draft_p_min": Bounds(0.0, 1.0, real=True),
 }
 MIN_N_CTX = 256  # room for a prompt, a step and an answer; below it llama.cpp or the first step fails
 MAX_LLAMA_INT = 2**31 - 1  # llama.cpp keeps these in 32-bit fields: a larger value would wrap silently
