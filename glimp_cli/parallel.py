@@ -16,9 +16,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from glimp_cli.config import Bounds, check_values
+from glimp_cli.config import Bounds, ModelSpec, check_values
 from glimp_cli.errors import ConfigError
 from glimp_cli.session import Session
 
@@ -41,12 +41,12 @@ def check_parallel_value(parallel: int) -> int:
     return parallel
 
 
-def in_process(spec: Any) -> bool:
+def in_process(spec: ModelSpec) -> bool:
     """Whether a model runs inside glimp (a GGUF file through llama.cpp), not on a server (`url:`)."""
     return not spec.remote
 
 
-def check_parallel(parallel: int, models: Iterable[Any]) -> None:
+def check_parallel(parallel: int, models: Iterable[ModelSpec]) -> None:
     """A ConfigError when more than one problem is to be in flight with an in-process model in the pair."""
     check_parallel_value(parallel)
     local = [spec.name for spec in models if in_process(spec)]

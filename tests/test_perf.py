@@ -186,7 +186,8 @@ def test_report_prints_the_speculation_figure_alone_when_only_it_ran(capsys):
     perf.print_report({"repeats": 2, "speculation": speculation, "machine": machine})
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == (
-        "4. speculation (ngram: auto: prompt lookup, since x; k = 3), 10 problems, latency over large's (same settings):"
+        "4. speculation (ngram: auto: prompt lookup, since x; k = 3), 10 problems, "
+        "latency over large's (same settings):"
     )
     assert lines[2] == (
         "   large                        0.850 (0.800-0.900)    30.0 s  drafts accepted    -  large tokens/call 2.25"
