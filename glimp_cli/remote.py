@@ -371,7 +371,8 @@ class RemoteSession:
             return
         self._counted = (len(text), usage.prompt_tokens + usage.completion_tokens)
         cached = usage.cached_tokens or 0
-        self.counters.cached_tokens += cached
+        if usage.cached_tokens is not None:  # else the server does not say (llama_cpp.server): it stays None
+            self.counters.cached_tokens = (self.counters.cached_tokens or 0) + cached
         self.counters.prefill_tokens += usage.prompt_tokens - cached
         self.counters.evaluated_tokens += usage.prompt_tokens - cached + usage.completion_tokens
 

@@ -9,7 +9,6 @@ import random
 import signal
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from glimp_cli import cli, parallel
 from glimp_cli.bench import BenchProgress, make_plan, run_bench, summarize
 from glimp_cli.calibrate import make_plan as make_calibration_plan
 from glimp_cli.calibrate import run_calibration
-from glimp_cli.config import PairSpec, router_settings
+from glimp_cli.config import ModelSpec, PairSpec, router_settings
 from glimp_cli.errors import ConfigError, ContextError, RunError
 from glimp_cli.parallel import Cancelled, SessionPairs, check_parallel, run_parallel
 from glimp_cli.session import Sampling
@@ -302,9 +301,9 @@ def test_parallel_with_an_in_process_model_is_one_clear_line_before_any_model_lo
 
 
 def test_parallel_is_allowed_when_both_models_are_served():
-    served = types.SimpleNamespace(name="big", url="http://127.0.0.1:8000/v1")
-    local = types.SimpleNamespace(name="tiny", path="tiny.gguf")
-    check_parallel(8, [served, types.SimpleNamespace(name="small", url="http://127.0.0.1:8001/v1")])
+    served = ModelSpec(name="big", url="http://127.0.0.1:8000/v1", model="big")
+    local = ModelSpec(name="tiny", path="tiny.gguf")
+    check_parallel(8, [served, ModelSpec(name="small", url="http://127.0.0.1:8001/v1", model="small")])
     check_parallel(1, [local, served])  # one at a time: any model
     with pytest.raises(ConfigError, match=r"^--parallel 2: model 'tiny' runs in-process"):
         check_parallel(2, [served, local])
