@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cli_helpers import one_error_line, run_main
-from conftest import NATALIA
+from conftest import GSM8K, NATALIA
 from glimp_cli.config import PACKAGED_CONFIG, load_config
 from glimp_cli.gguf_header import read_gguf_header
 from glimp_cli.sources import resolve_model_path
@@ -175,6 +175,39 @@ def test_bench_on_a_mixed_pair_records_every_problem_and_mode(servers, demo_file
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted((r["id"], r["mode"]) for r in records) == [(1, "glimp"), (1, "large"), (2, "glimp"), (2, "large")]
     assert all(r["tokens"]["large"] > 0 for r in records if r["mode"] == "large")
+
+
+def test_bench_with_two_problems_in_flight_writes_what_one_at_a_time_writes(servers, demo_files, tmp_path):
+    """llama_cpp.server serves one request at a time, so two problems in flight interleave their requests but are
+    computed alone: at temperature 0 the records are those of --parallel 1, but for the latency."""
+    if not GSM8K.is_file():
+        pytest.skip(f"benchmark data not found at {GSM8K}")
+    config = write_config(tmp_path, demo_files, urls_of(servers))
+    common = ("--config", config, "--pair", "remote", "--modes", "glimp,large", "--limit", "3", "--temperature", "0")
+    runs = {}
+    for parallel in (1, 2):
+        out = tmp_path / f"parallel-{parallel}"
+        result = glimp("bench", str(GSM8K), *common, "--parallel", str(parallel), "--out", str(out), "--json")
+        assert result.returncode == 0, result.stderr
+        records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        runs[parallel] = ({(r["id"], r["mode"]): r for r in records}, json.loads(result.stdout), len(records))
+    (one, _, _), (two, summary, lines) = runs[1], runs[2]
+    assert lines == len(two) == 6 and sorted(two) == [(i, mode) for i in range(3) for mode in ("glimp", "large")]
+    assert {key: without_latency(r) for key, r in two.items()} == {key: without_latency(r) for key, r in one.items()}
+    assert all(r["finish_reason"] != "error" and r["tokens"]["large"] > 0 for r in two.values())
+    # llama_cpp.server does not report its prefix cache: no count, no share (not 0)
+    assert {r["cached_tokens"]["small"] for r in two.values()} | {
+        r["cached_tokens"]["large"] for r in two.values()
+    } == {None}
+    assert [(c["label"], c["cached_token_share"]) for c in summary["conditions"]] == [
+        ("glimp@2", None),
+        ("large", None),
+    ]
+    assert summary["throughput"]["parallel"] == 2
+
+
+def without_latency(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "latency_s"}
 
 
 def test_a_server_killed_mid_bench_keeps_the_finished_results_and_resume_finishes(demo_files, tmp_path):
