@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("--parallel", default="1,2,4", help="comma-separated problems in flight")
     parser.add_argument("--slots", type=int, default=4, help="llama-server --parallel (slots of SLOT_CTX tokens)")
-    parser.add_argument("--threads", type=int, default=2, help="llama-server -t / -tb, each server")
+    parser.add_argument("--threads", type=int, default=1, help="llama-server -t / -tb, each server (2 servers)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where llama-server is built")
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -221,27 +221,28 @@ def main() -> None:
     levels = [int(n) for n in args.parallel.split(",")]
     with tempfile.TemporaryDirectory(prefix="glimp-llama-server-") as tmp:
         folder = Path(tmp)
-        servers = {
-            role: LlamaServer(
-                binary,
-                resolve_model_path(config.model(getattr(demo, role))),
-                alias=f"{getattr(demo, role)}",
-                slots=args.slots,
-                threads=args.threads,
-                log=folder / f"{role}.log",
-            )
-            for role in ("small", "large")
-        }
-        try:
-            for server in servers.values():
-                server.wait_ready()
-            models_yaml = write_config(folder, {role: s.url for role, s in servers.items()})
-            runs = [bench(models_yaml, args.data, folder / f"n{n}", limit=args.limit, parallel=n) for n in levels]
-            # the baseline again: what differs between two runs one at a time is not batching
-            again = bench(models_yaml, args.data, folder / "n1-again", limit=args.limit, parallel=levels[0])
-        finally:
-            for server in servers.values():
-                server.stop()
+        gguf = {role: resolve_model_path(config.model(getattr(demo, role))) for role in ("small", "large")}
+
+        def run(n: int, name: str) -> dict:
+            """One bench run on fresh servers: every run starts from empty prefix caches."""
+            servers = {
+                role: LlamaServer(
+                    binary, gguf[role], alias=getattr(demo, role), slots=args.slots, threads=args.threads,
+                    log=folder / f"{name}-{role}.log",
+                )
+                for role in ("small", "large")
+            }  # fmt: skip
+            try:
+                for server in servers.values():
+                    server.wait_ready()
+                models_yaml = write_config(folder, {role: s.url for role, s in servers.items()})
+                return bench(models_yaml, args.data, folder / name, limit=args.limit, parallel=n)
+            finally:
+                for server in servers.values():
+                    server.stop()
+
+        runs = [run(n, f"n{n}") for n in levels]
+        again = run(levels[0], "again")  # the control: what differs between two runs one at a time is not batching
     base = runs[0]
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
