@@ -1,7 +1,7 @@
 """`glimp bench --parallel N` against llama.cpp's own llama-server, which batches concurrent requests.
 
     python -m benchmarks.llama_server [--data ../shared/data/gsm8k.jsonl] [--limit 16] [--parallel 1,2,4]
-                                      [--slots 4] [--threads 2] [--cache ~/.cache/glimp-bench] [--json]
+                                      [--slots 4] [--threads 1] [--cache ~/.cache/glimp-bench] [--json]
 
 A benchmark step, not a test: it builds `llama-server` from the llama.cpp sources vendored in the
 llama-cpp-python sdist of the installed version (the README's CPU flags; skipped when the binary is
