@@ -457,6 +457,8 @@ def solve(
         "large_steps": sum(1 for s in summary.steps if s.model == "large"),
         "tokens": {"small": summary.small.tokens, "large": summary.large.tokens},
         "prefill_tokens": {"small": summary.small.prefill_tokens, "large": summary.large.prefill_tokens},
+        # a server's prompt tokens served from its prefix cache (not in prefill_tokens); None: not reported
+        "cached_tokens": {"small": summary.small.cached_tokens, "large": summary.large.cached_tokens},
         "entropies": [
             None if s.entropy is None else round(s.entropy, 6) + 0.0 for s in summary.steps
         ],  # nats; + 0.0: no -0.0
@@ -516,6 +518,7 @@ def failed_record(
         "large_steps": 0,
         "tokens": {"small": 0, "large": 0},
         "prefill_tokens": {"small": 0, "large": 0},
+        "cached_tokens": {"small": None, "large": None},
         "entropies": [],
         "finish_reason": ERROR,
         "seed": seed,
@@ -665,7 +668,24 @@ def _condition_summary(
         "tokens_per_s": (tokens_small + tokens_large) / math.fsum(latencies) if math.fsum(latencies) > 0 else 0.0,
         "finish_reasons": dict(sorted(Counter(r["finish_reason"] for r in records).items())),
         "draft_acceptance": accepted / drafted if drafted else None,  # the large model's drafts; None: no drafts
+        "cached_token_share": cached_token_share(ran),
     }
+
+
+def cached_token_share(records: Iterable[dict[str, Any]]) -> float | None:
+    """Of the prompt tokens sent to the models that report their prefix cache (servers), the share it served:
+    cached / (cached + prefill). None when no model reported one (in-process models, llama_cpp.server)."""
+    cached = sent = 0
+    reported = False
+    for record in records:
+        for model, tokens in (record.get("cached_tokens") or {}).items():  # absent: a store made before it
+            if tokens is not None:
+                reported = True
+                cached += tokens
+                sent += tokens + record["prefill_tokens"][model]
+    if not reported:
+        return None
+    return cached / sent if sent else 0.0
 
 
 SUMMARY_COLUMNS = (
@@ -721,6 +741,13 @@ def summary_caption(summary: dict[str, Any]) -> str:
     ]
     if accepted:
         parts.append("large-model drafts accepted: " + ", ".join(accepted))
+    cached = [
+        f"{c['label']} {c['cached_token_share']:.0%}"
+        for c in summary.get("conditions") or []
+        if c.get("cached_token_share") is not None
+    ]
+    if cached:
+        parts.append("prompt tokens from the servers' prefix caches: " + ", ".join(cached))
     overhead = summary.get("overhead") or {}
     if overhead.get("share") is not None:
         parts.append(

@@ -64,7 +64,7 @@ class ModelTotals:
     drafted_tokens: int = 0  # speculative decoding: draft tokens the model verified
     accepted_tokens: int = 0  # of which it sampled the same token
     verify_calls: int = 0  # decode calls that verified a draft (part of decode_calls)
-    cached_tokens: int = 0  # a server's prompt tokens served from its prefix cache (remote models)
+    cached_tokens: int | None = None  # a server's prompt tokens served from its prefix cache; None: not reported
 
     @property
     def acceptance_rate(self) -> float | None:

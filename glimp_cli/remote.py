@@ -63,6 +63,11 @@ CONNECT_TIMEOUT_S = 10.0
 MAX_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs; the OpenAI API's limit
 # /v1/models' owned_by -> engine
 ENGINES = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llama-server", "me": "llama_cpp.server"}
+# llama_cpp.server ends a stream early ([DONE]) when another request waits for its model, unless told not to
+INTERRUPTED_HINT = (
+    "(llama_cpp.server ends a stream when another request comes in: start it with --interrupt_requests False "
+    "to run problems in parallel; or the server stopped or restarted?)"
+)
 SERVER_STOPS = ("vllm", "sglang")  # engines that say which stop string ended a completion
 TEMPERED_LOGPROBS = ("sglang",)  # engines whose log-probs are after temperature by default
 OPENAI_COMPLETION_FIELDS = frozenset(
@@ -371,7 +376,8 @@ class RemoteSession:
             return
         self._counted = (len(text), usage.prompt_tokens + usage.completion_tokens)
         cached = usage.cached_tokens or 0
-        self.counters.cached_tokens += cached
+        if usage.cached_tokens is not None:  # else the server does not say (llama_cpp.server): it stays None
+            self.counters.cached_tokens = (self.counters.cached_tokens or 0) + cached
         self.counters.prefill_tokens += usage.prompt_tokens - cached
         self.counters.evaluated_tokens += usage.prompt_tokens - cached + usage.completion_tokens
 
@@ -446,7 +452,7 @@ class RemoteSession:
             if not finished:
                 raise RemoteError(
                     f"model '{self.name}': the stream from server {self.spec.url} ended before the completion did "
-                    "(the server stopped or restarted?)"
+                    + (INTERRUPTED_HINT if self.engine == "llama_cpp.server" else "(the server stopped or restarted?)")
                 )
         finally:
             stream.close()

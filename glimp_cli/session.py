@@ -46,7 +46,7 @@ class Counters:
     drafted_tokens: int = 0  # speculative decoding: draft tokens handed to the model to verify
     accepted_tokens: int = 0  # of which the model sampled the same token (kept unless a stop string cut them)
     verify_calls: int = 0  # engine calls that verified a draft (also counted in decode_calls)
-    cached_tokens: int = 0  # a server's prompt tokens served from its prefix cache (as it reports them)
+    cached_tokens: int | None = None  # a server's prompt tokens served from its prefix cache; None: none reported
 
     @property
     def acceptance_rate(self) -> float | None:

@@ -42,6 +42,7 @@ class LlamaServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     log: Path | None = None
+    options: tuple[str, ...] = ()  # more llama_cpp.server options
 
     @property
     def url(self) -> str:
@@ -52,6 +53,8 @@ class LlamaServer:
         command = [
             sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", self.alias,
             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096", "--n_threads", "2",
+            "--interrupt_requests", "False",  # else a request ends the stream in progress: no parallel runs
+            *self.options,
         ]  # fmt: skip
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

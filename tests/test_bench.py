@@ -185,6 +185,7 @@ def test_glimp_record_holds_exact_counts_entropies_and_check(tmp_path):
         "large_steps": 1,  # only step 2's probe (ln 8 nats) is above the threshold
         "tokens": {"small": 15 + 15 + 10, "large": 15 + 3},
         "prefill_tokens": {"small": 15, "large": 15 + 15 + 10},
+        "cached_tokens": {"small": None, "large": None},  # in-process models report no prefix cache
         "entropies": [0.0, round(LN8, 6), 0.0, 0.0],
         "finish_reason": "answer_marker",
     }
@@ -266,6 +267,52 @@ def test_summary_markdown_has_one_row_per_condition(tmp_path):
     assert [row.split(" | ")[0] for row in rows[1:]] == ["| glimp@1", "| small", "| large", "| random@0.250"]
     assert rows[2].split(" | ")[2:4] == ["66.7%", "27.2%"]  # small: 2 of 3, se sqrt(2/9 / 3)
     assert rows[3].split(" | ")[-1] == "answer_marker 3 |"
+
+
+class PrefixCachingSession(SteppingSession):
+    """A SteppingSession that reports a server's prefix cache: 3 cached tokens for each token it prefills."""
+
+    def catch_up(self, transcript: str) -> None:
+        new = len(transcript) - len(self.text)
+        super().catch_up(transcript)
+        self.counters.cached_tokens = (self.counters.cached_tokens or 0) + 3 * new
+
+
+def test_records_carry_the_servers_cached_tokens_and_the_summary_their_share_per_mode(tmp_path):
+    small, large = _pair(3)
+    large = PrefixCachingSession("large", answers=large.answers)
+    summary, records, _ = _run(tmp_path, pair=(small, large))
+    glimp = records[0]
+    assert (glimp["mode"], glimp["prefill_tokens"], glimp["cached_tokens"]) == (
+        "glimp",
+        {"small": 15, "large": 40},
+        {"small": None, "large": 120},  # the small model runs in-process: no count, not 0
+    )
+    assert all(r["cached_tokens"] == {"small": None, "large": None} for r in records if r["mode"] == "small")
+    shares = {c["label"]: c["cached_token_share"] for c in summary["conditions"]}
+    # cached / (cached + prefilled) over the reporting model only; large mode reports 0 of 0 tokens sent
+    assert shares == {"glimp@1": 0.75, "small": None, "large": 0.0, "random@0.250": 0.75}
+    assert json.loads((tmp_path / "out" / SUMMARY_JSON).read_text())["conditions"][0]["cached_token_share"] == 0.75
+    assert " · prompt tokens from the servers' prefix caches: glimp@1 75%, large 0%, random@0.250 75% · " in (
+        bench.summary_caption(summary)
+    )
+
+
+def test_a_summary_without_server_counts_has_no_cached_share_in_its_caption(tmp_path):
+    summary, _, _ = _run(tmp_path)
+    assert [c["cached_token_share"] for c in summary["conditions"]] == [None] * 4
+    assert "prefix cache" not in bench.summary_caption(summary)
+
+
+def test_cached_share_pools_reporting_models_and_reads_records_made_before_it():
+    records = [
+        {"prefill_tokens": {"small": 10, "large": 7}, "cached_tokens": {"small": 30, "large": None}},
+        {"prefill_tokens": {"small": 5, "large": 3}, "cached_tokens": {"small": 5, "large": 1}},
+        {"prefill_tokens": {"small": 9, "large": 9}},  # a results.jsonl line from before cached_tokens
+    ]
+    assert bench.cached_token_share(records) == (30 + 5 + 1) / (40 + 10 + 4)
+    assert bench.cached_token_share(records[2:]) is None
+    assert bench.cached_token_share([]) is None
 
 
 def test_progress_reports_each_problem_before_and_after_it_runs(tmp_path):
@@ -430,6 +477,7 @@ def test_a_problem_too_long_for_the_context_is_a_failed_record_and_the_run_goes_
         "large_steps": 0,
         "tokens": {"small": 0, "large": 0},
         "prefill_tokens": {"small": 0, "large": 0},
+        "cached_tokens": {"small": None, "large": None},
         "entropies": [],
         "finish_reason": "error",
         "error": TOO_LONG,

@@ -295,6 +295,22 @@ def test_a_stream_cut_off_before_its_finish_is_a_remote_error():
             drain(session.generate_step(first_token=None, stops=["\n\n"], max_tokens=64))
 
 
+def test_a_llama_cpp_server_stream_ended_by_another_request_names_the_server_option():
+    """llama_cpp.server (interrupt_requests, on by default) sends [DONE] mid-completion when another request waits."""
+    interrupted = "\n\n".join(recorded("vllm_step_stop.txt").split("\n\n")[:2]) + "\n\ndata: [DONE]\n\n"
+    with replay_server(recorded("vllm_models.json").replace('"vllm"', '"me"')) as server:
+        server.replies = [Reply(interrupted)]
+        session = open_remote_session(remote_spec(server.url))
+        session.start("x", sampling=GREEDY)
+        with pytest.raises(RemoteError) as caught:
+            drain(session.generate_step(first_token=None, stops=["\n\n"], max_tokens=64))
+    assert str(caught.value) == (
+        f"model 'big': the stream from server {server.url} ended before the completion did "
+        "(llama_cpp.server ends a stream when another request comes in: start it with "
+        "--interrupt_requests False to run problems in parallel; or the server stopped or restarted?)"
+    )
+
+
 def test_a_server_slower_than_the_timeout_fails_after_bounded_retries():
     with replay_server(recorded("vllm_models.json")) as server:
         session = open_remote_session(remote_spec(server.url, timeout_s=0.5))

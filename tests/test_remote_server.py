@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cli_helpers import one_error_line, run_main
-from conftest import NATALIA
+from conftest import GSM8K, NATALIA
 from glimp_cli.config import PACKAGED_CONFIG, load_config
 from glimp_cli.gguf_header import read_gguf_header
 from glimp_cli.sources import resolve_model_path
@@ -175,6 +175,50 @@ def test_bench_on_a_mixed_pair_records_every_problem_and_mode(servers, demo_file
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted((r["id"], r["mode"]) for r in records) == [(1, "glimp"), (1, "large"), (2, "glimp"), (2, "large")]
     assert all(r["tokens"]["large"] > 0 for r in records if r["mode"] == "large")
+
+
+def test_bench_with_two_problems_in_flight_writes_what_one_at_a_time_writes(demo_files, tmp_path):
+    """llama_cpp.server computes one request at a time, but it holds one cache: problems in flight evict each other's
+    prefix, so it re-evaluates more of each prompt at once, and its logits (logits_all, which its log-probs need)
+    depend on how many tokens a batch holds (up to ~1 logit on these models). With --n_batch 1 every token is its own
+    batch: at temperature 0 two problems in flight then give exactly the records of one at a time."""
+    if not GSM8K.is_file():
+        pytest.skip(f"benchmark data not found at {GSM8K}")
+    _, files = demo_files
+    servers = {name: LlamaServer(alias=name, gguf=path, options=("--n_batch", "1")) for name, path in files.items()}
+    try:
+        for server in servers.values():
+            server.start(log_dir=tmp_path)
+        config = write_config(tmp_path, demo_files, urls_of(servers))
+        common = ("--config", config, "--pair", "remote", "--modes", "glimp,large", "--limit", "3")
+        runs = {}
+        for parallel in (1, 2):
+            out = tmp_path / f"parallel-{parallel}"
+            result = glimp(
+                "bench", str(GSM8K), *common, "--temperature", "0", "--parallel", str(parallel), "--out", str(out),
+                "--json",
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+            runs[parallel] = ({(r["id"], r["mode"]): r for r in records}, json.loads(result.stdout), len(records))
+    finally:
+        for server in servers.values():
+            server.stop()
+    (one, _, _), (two, summary, lines) = runs[1], runs[2]
+    assert lines == len(two) == 6 and sorted(two) == [(i, mode) for i in range(3) for mode in ("glimp", "large")]
+    assert {key: without_latency(r) for key, r in two.items()} == {key: without_latency(r) for key, r in one.items()}
+    assert all(r["finish_reason"] != "error" and r["tokens"]["large"] > 0 for r in two.values())
+    # llama_cpp.server does not report its prefix cache: no count, no share (not 0)
+    assert {count for r in two.values() for count in r["cached_tokens"].values()} == {None}
+    assert [(c["label"], c["cached_token_share"]) for c in summary["conditions"]] == [
+        ("glimp@2", None),
+        ("large", None),
+    ]
+    assert summary["throughput"]["parallel"] == 2
+
+
+def without_latency(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "latency_s"}
 
 
 def test_a_server_killed_mid_bench_keeps_the_finished_results_and_resume_finishes(demo_files, tmp_path):
