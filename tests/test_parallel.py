@@ -21,7 +21,7 @@ from glimp_cli import cli, parallel
 from glimp_cli.bench import BenchProgress, make_plan, run_bench, summarize
 from glimp_cli.calibrate import make_plan as make_calibration_plan
 from glimp_cli.calibrate import run_calibration
-from glimp_cli.config import ModelSpec, PairSpec, router_settings
+from glimp_cli.config import PairSpec, router_settings
 from glimp_cli.errors import ConfigError, ContextError, RunError
 from glimp_cli.parallel import Cancelled, SessionPairs, check_parallel, run_parallel
 from glimp_cli.session import Sampling
