@@ -30,18 +30,9 @@ def _open(path, name):
 
 
 @pytest.fixture(scope="module")
-def qwen3_small(tiny_models):
-    return _open(tiny_models.qwen3_small, "qwen3-small")
-
-
-@pytest.fixture(scope="module")
-def qwen3_large(tiny_models):
-    return _open(tiny_models.qwen3_large, "qwen3-large")
-
-
-@pytest.fixture(scope="module")
-def r1(tiny_models):
-    return _open(tiny_models.r1, "r1")
+def tiny(tiny_models):
+    """The tiny Qwen3 small and large models and the tiny R1, by their tiny_models names."""
+    return {name: _open(getattr(tiny_models, name), name) for name in ("qwen3_small", "qwen3_large", "r1")}
 
 
 # the added tokens both hold as user-defined text tokens with the same text: <tool_call>, </tool_call> in every
@@ -51,11 +42,8 @@ END_LIKE = 128247  # "</s>", an ordinary BPE token that llama.cpp counts as an e
 
 
 @pytest.mark.parametrize("large_name", ["qwen3_large", "r1"])
-def test_qwen_vocabularies_agree_on_the_ordinary_tokens_and_control_tokens_are_never_drafted(
-    request, qwen3_small, large_name
-):
-    large = request.getfixturevalue(large_name)
-    draftable, mismatch = draftable_tokens(qwen3_small, large)
+def test_qwen_vocabularies_agree_on_the_ordinary_tokens_and_control_tokens_are_never_drafted(tiny, large_name):
+    draftable, mismatch = draftable_tokens(tiny["qwen3_small"], tiny[large_name])
     assert mismatch is None
     base = draftable[:QWEN_BASE_VOCAB]
     assert base.sum() == QWEN_BASE_VOCAB - 1 and not base[END_LIKE]
@@ -92,9 +80,9 @@ def _written(summary):
 
 
 @pytest.mark.parametrize("large_name", ["qwen3_large", "r1"])
-def test_a_routed_run_with_small_model_drafts_is_the_run_without_them(request, qwen3_small, large_name):
-    large = request.getfixturevalue(large_name)
-    plain, drafted, plain_small = _runs(qwen3_small, large)
+def test_a_routed_run_with_small_model_drafts_is_the_run_without_them(tiny, large_name):
+    qwen3_small = tiny["qwen3_small"]
+    plain, drafted, plain_small = _runs(qwen3_small, tiny[large_name])
     assert _written(drafted) == _written(plain)
     assert {s.model for s in plain.steps} == {"small", "large"}  # both models wrote steps
     assert drafted.large.tokens == plain.large.tokens and drafted.small.tokens == plain.small.tokens
@@ -108,8 +96,8 @@ def test_a_routed_run_with_small_model_drafts_is_the_run_without_them(request, q
     assert qwen3_small.text.endswith(drafted.answer)
 
 
-def test_large_only_with_small_model_drafts_writes_the_large_models_text(qwen3_small, qwen3_large):
-    plain, drafted, _ = _runs(qwen3_small, qwen3_large, mode="large")
+def test_large_only_with_small_model_drafts_writes_the_large_models_text(tiny):
+    plain, drafted, _ = _runs(tiny["qwen3_small"], tiny["qwen3_large"], mode="large")
     assert _written(drafted) == _written(plain)
     assert drafted.small.steps == 0 and drafted.large.verify_calls > 0
     # tokens per large-model call: every verify call yields the accepted drafts and one token of its own
@@ -117,9 +105,10 @@ def test_large_only_with_small_model_drafts_writes_the_large_models_text(qwen3_s
 
 
 @pytest.mark.parametrize("p_min", [0.5, 0.9])
-def test_a_probability_bound_drafts_less_and_keeps_the_text(qwen3_small, qwen3_large, p_min):
-    plain, free, _ = _runs(qwen3_small, qwen3_large, mode="large")
-    _, bounded, _ = _runs(qwen3_small, qwen3_large, mode="large", p_min=p_min)
+def test_a_probability_bound_drafts_less_and_keeps_the_text(tiny, p_min):
+    small, large = tiny["qwen3_small"], tiny["qwen3_large"]
+    plain, free, _ = _runs(small, large, mode="large")
+    _, bounded, _ = _runs(small, large, mode="large", p_min=p_min)
     assert _written(bounded) == _written(plain) == _written(free)
     assert bounded.large.drafted_tokens < free.large.drafted_tokens
     assert bounded.large.acceptance_rate >= free.large.acceptance_rate
