@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from glimp_cli.entropy import DEFAULT_TOP_K, full_entropy, initial_token_entropy, log_softmax, topk_entropy
+from glimp_cli.entropy import DEFAULT_TOP_K, full_entropy, initial_token_entropy, topk_entropy
 
 
 def _reference_entropy(logits: list[float]) -> float:
@@ -112,13 +112,6 @@ def test_initial_token_entropy_dispatches_on_mode():
 def test_unknown_entropy_mode_raises_value_error():
     with pytest.raises(ValueError, match="unknown entropy mode 'top20'"):
         initial_token_entropy(np.zeros(3), mode="top20")
-
-
-def test_log_softmax_sums_to_one_and_keeps_masked_logits_at_minus_inf():
-    logp = log_softmax(np.array([1.0, 2.0, -np.inf]))
-    assert logp[2] == -np.inf
-    assert math.fsum(math.exp(x) for x in logp) == pytest.approx(1.0, rel=1e-15)
-    assert logp[1] - logp[0] == pytest.approx(1.0, rel=1e-15)
 
 
 QWEN_VOCAB = 151_936  # Qwen3's padded vocabulary (R1-Distill-Qwen-32B's is 152,064)
