@@ -16,6 +16,7 @@ from glimp_cli.router import run
 from glimp_cli.session import Sampling
 
 from conftest import NATALIA, gsm8k_problem
+from step_helpers import write
 
 GREEDY = Sampling(temperature=0.0)
 
@@ -245,31 +246,19 @@ def cached_positions(session) -> int:
     return llama_cpp.llama_memory_seq_pos_max(memory, 0) + 1
 
 
-def write_step(session, *, stop_after: int | None = None) -> str:
-    """Write one 12-token step; with stop_after, abandon it after that many pieces."""
-    step = session.generate_step(first_token=None, stops=(), max_tokens=12)
-    pieces = []
-    try:
-        while stop_after is None or len(pieces) < stop_after:
-            pieces.append(next(step))
-    except StopIteration as done:
-        assert done.value.text == "".join(pieces)
-        return done.value.text
-    step.close()  # as when a consumer stops reading (Ctrl-C in `glimp ask`)
-    return "".join(pieces)
-
-
 def test_an_abandoned_step_leaves_the_cache_exactly_as_before_it(demo_pair):
     _, small, _ = demo_pair
     small.start(NATALIA, sampling=GREEDY)
-    whole = write_step(small)
+    whole = write(small, max_tokens=12).text
     small.start(NATALIA, sampling=GREEDY)
-    partial = write_step(small, stop_after=6)
+    pieces = []
+    assert write(small, max_tokens=12, stop_after=6, pieces=pieces) is None
+    partial = "".join(pieces)
     assert whole.startswith(partial) and len(partial) < len(whole)
     prompt = len(small.prompt_tokens(NATALIA))
     # the step's tokens are gone from the cache, and so is the prompt's last one, whose logits the
     # step overwrote: it is evaluated again before the next sample
     assert small.text == "" and small.evaluated_tokens() == prompt - 1 == cached_positions(small)
     assert small.context_tokens() == prompt
-    assert write_step(small) == whole
+    assert write(small, max_tokens=12).text == whole
     assert cached_positions(small) == small.evaluated_tokens() == prompt + 11  # the 12th token is pending

@@ -29,6 +29,7 @@ from glimp_cli.router import run
 from glimp_cli.session import Sampling
 
 from cli_helpers import one_error_line, run_main
+from step_helpers import write
 from conftest import NATALIA, gsm8k_problem
 
 GREEDY = Sampling(temperature=0.0)
@@ -285,20 +286,6 @@ class ScriptedDrafter:
 
     def end_step(self, text):
         pass
-
-
-def write(session, *, stops=(), max_tokens=30, stop_after=None):
-    """One step: its StepOutput; with stop_after, abandon it after that many text pieces (returns None)."""
-    step = session.generate_step(first_token=None, stops=stops, max_tokens=max_tokens)
-    pieces = []
-    try:
-        while stop_after is None or len(pieces) < stop_after:
-            pieces.append(next(step))
-    except StopIteration as done:
-        assert done.value.text == "".join(pieces)
-        return done.value
-    step.close()
-    return None
 
 
 def cached_positions(session) -> int:
