@@ -734,20 +734,13 @@ def summary_caption(summary: dict[str, Any]) -> str:
     ]
     if "planned" in summary:
         parts[-1] += f" ({summary['finished']} of {summary['planned']} planned finished)"
-    accepted = [
-        f"{c['label']} {c['draft_acceptance']:.0%}"
-        for c in summary.get("conditions") or []
-        if c.get("draft_acceptance") is not None
-    ]
-    if accepted:
-        parts.append("large-model drafts accepted: " + ", ".join(accepted))
-    cached = [
-        f"{c['label']} {c['cached_token_share']:.0%}"
-        for c in summary.get("conditions") or []
-        if c.get("cached_token_share") is not None
-    ]
-    if cached:
-        parts.append("prompt tokens from the servers' prefix caches: " + ", ".join(cached))
+    for key, title in (
+        ("draft_acceptance", "large-model drafts accepted"),
+        ("cached_token_share", "prompt tokens from the servers' prefix caches"),
+    ):
+        shares = [f"{c['label']} {c[key]:.0%}" for c in summary.get("conditions") or [] if c.get(key) is not None]
+        if shares:
+            parts.append(f"{title}: " + ", ".join(shares))
     overhead = summary.get("overhead") or {}
     if overhead.get("share") is not None:
         parts.append(
