@@ -265,7 +265,8 @@ def headline(problems, small, large, settings: RouterSettings, log: CallLog, *, 
 def speculation(problems, config, pair, settings: RouterSettings, *, repeats: int) -> dict:
     """Figure 4: each problem in every configuration in turn (a slow minute slows them all), `repeats` passes.
 
-    Configurations: large and glimp without and with the pair's drafts (auto), all loaded with the exact settings
+    Configurations: large and glimp without and with the pair's drafts (model where the vocabularies agree, else
+    ngram), all loaded with the exact settings
     (flash attention on, repack off) that speculation needs; large alone with llama.cpp's default (faster CPU)
     settings, the baseline a user without speculation has; and large with a draft from its own file.
     """
@@ -275,7 +276,9 @@ def speculation(problems, config, pair, settings: RouterSettings, *, repeats: in
     default = speculation_settings(config.model(pair.large), speculating=False)
     small, large, twin = open_session(exact["small"]), open_session(exact["large"]), open_session(exact["large"])
     large_default = open_session(default)
-    source = speculate_with(small, large, dataclasses.replace(pair, speculate="auto"))
+    # the pair's drafts whatever they cost (auto would measure and may pick none): model where the vocabularies agree
+    drafts = "model" if draftable_tokens(small, large)[1] is None else "ngram"
+    source = speculate_with(small, large, dataclasses.replace(pair, speculate=drafts))
     drafter, large.speculate = large.speculate, None
     draftable, _ = draftable_tokens(twin, large)
     twin_drafter = ModelDrafter(twin, draftable=draftable, k=pair.draft_tokens, p_min=0.0)

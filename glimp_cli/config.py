@@ -43,6 +43,10 @@ class ModelSpec:
     file: str | None = None  # path of the .gguf inside `package`
     assemble: bool = False  # `package` builds the file with its assemble() function
     hf: str | None = None  # "owner/repo/file.gguf", downloaded only when asked
+    parts: tuple[str, ...] = ()  # part packages whose pieces, in order, are the file (glimp_cli.parts)
+    size: int | None = None  # with parts: the assembled file's size in bytes
+    sha256: str | None = None  # with parts: the assembled file's checksum
+    extra: str | None = None  # with parts: glimp's pip extra that installs them (named in the error)
     url: str | None = None  # an OpenAI-compatible server ("http://host:8000/v1"): glimp_cli.remote
     model: str | None = None  # with url: the model name the server serves
     api_key_env: str | None = None  # with url: the environment variable holding the server's API key
@@ -73,6 +77,8 @@ class ModelSpec:
             return f"{self.package}:{self.file}" if self.file else f"{self.package} (assembled)"
         if self.url:
             return f"{self.url} ({self.model})"
+        if self.parts:
+            return f"{len(self.parts)} part packages ({self.parts[0]}, ...)"
         return f"hf:{self.hf}"
 
     @property
@@ -200,6 +206,10 @@ MODEL_CHECKS: dict[str, Check] = {
         None if value is None or value.startswith(URL_SCHEMES) else "must start with http:// or https://"
     ),
     "timeout_s": Bounds(0.001, real=True),  # seconds
+    "size": Bounds(1, optional=True),  # bytes
+    "sha256": lambda value: (
+        None if value is None or re.fullmatch(r"[0-9a-f]{64}", value) else "must be 64 lowercase hex digits"
+    ),
 }
 SAMPLING_CHECKS: dict[str, Check] = {
     "temperature": Bounds(0.0, real=True),
@@ -411,14 +421,15 @@ def _build_model(name: str, body: Any, where, base_dir: Path) -> ModelSpec:
             "api_key_env to the name of an environment variable that holds it"
         )
     values = _fields_of(body, _MODEL_FIELDS, ("models", name), where)
-    sources = [k for k in ("path", "package", "hf", "url") if values.get(k)]
+    sources = [k for k in ("path", "package", "hf", "url", "parts") if values.get(k)]
     if len(sources) != 1:
         raise ConfigError(
-            f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf, url "
+            f"{where('models', name)}: model '{name}' needs exactly one of path, package, hf, url, parts "
             f"(has {', '.join(sources) or 'none'})"
         )
     check_values(MODEL_CHECKS, values, label=lambda key: f"{where('models', name, key)}: {key}")
     _check_remote_keys(name, values, where)
+    _check_parts_keys(name, values, where)
     if values.get("package") and not (values.get("file") or values.get("assemble")):
         raise ConfigError(
             f"{where('models', name)}: model '{name}' names a package: add 'file' (path inside it) or 'assemble: true'"
@@ -462,6 +473,24 @@ def _check_remote_keys(name: str, values: dict[str, Any], where) -> None:
             f"{where('models', name)}: model '{name}' is served at {values['url']}: glimp renders its prompt as "
             "text, so set 'prompt' (a template with {problem}) or 'chat_template' (a .jinja file, e.g. the "
             "model's tokenizer_config.json chat_template) for it"
+        )
+
+
+PARTS_ONLY_KEYS = ("size", "sha256", "extra")
+
+
+def _check_parts_keys(name: str, values: dict[str, Any], where) -> None:
+    """A parts model pins its assembled file by size and sha256 (nothing unverified is ever used)."""
+    if not values.get("parts"):
+        for key in PARTS_ONLY_KEYS:
+            if key in values:
+                raise ConfigError(f"{where('models', name, key)}: model '{name}': '{key}' goes with 'parts' only")
+        return
+    missing = [key for key in ("size", "sha256") if values.get(key) is None]
+    if missing:
+        raise ConfigError(
+            f"{where('models', name)}: model '{name}' has parts: add {' and '.join(missing)} "
+            "(of the assembled file), so that a changed part is refused"
         )
 
 

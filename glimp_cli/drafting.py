@@ -17,9 +17,16 @@ MAX_DRAFT_TOKENS = 64  # a verify batch of k + 1 rows of logits
 DEFAULT_DRAFT_P_MIN = 0.75
 NGRAM_MAX = 3  # the longest n-gram looked up
 NGRAM_MIN = 2  # the shortest n-gram that makes a draft: a single matching token guessed too often wrongly
-# --speculate and the pair key `speculate`: auto picks model where the vocabularies agree, else ngram
+# --speculate and the pair key `speculate`: auto picks the source its measured costs say is fastest, or none
 SPECULATE_MODES = ("off", "auto", "model", "ngram")
 DRAFT_SOURCES = ("model", "ngram")
+
+
+# auto's assumed share of drafted tokens that the target accepts (it cannot know before the run): model drafts
+# from a same-family small model (97% greedy on Qwen2.5-Coder 0.5B for 1.5B here; 70-80% typical of sampled
+# reasoning pairs), prompt lookup where it finds a match (83% measured on the demo pair)
+ASSUMED_ACCEPTANCE = {"model": 0.8, "ngram": 0.8}
+MIN_SPEEDUP = 1.05  # auto drafts only where the estimate beats no drafts by this much (the timing is noisy)
 
 
 @dataclass(frozen=True)
@@ -28,13 +35,59 @@ class Speculation:
 
     source: str
     reason: str
+    costs: DecodeCosts | None = None  # what auto measured to choose it
+
+    @property
+    def legend_text(self) -> str | None:
+        """The line the legend and bench show: the source and why, also when auto chose none; None when off."""
+        if self.source != "off":
+            return f"large model verifies {self.source} drafts ({self.reason})"
+        return self.reason if self.costs is not None else None
 
 
-def choose_draft_source(mode: str, *, vocabulary_mismatch: str | None) -> Speculation:
+@dataclass(frozen=True)
+class DecodeCosts:
+    """Seconds of the decodes a draft cycle is made of, measured on the loaded models (median of a few)."""
+
+    target_one_s: float  # the large model, one token
+    target_batch_s: float  # the large model, a verify batch of k + 1 tokens with logits at every row
+    draft_one_s: float | None  # the small model, one token (None: it cannot draft)
+    k: int
+
+    def speedup(self, source: str, *, acceptance: float) -> float:
+        """Expected tokens per second with this draft source over one token per decode.
+
+        A cycle verifies k drafts in one batch and yields the accepted run plus one token: (1 - a^(k+1)) / (1 - a)
+        tokens for acceptance a. A model draft also costs the small model's decodes: one per drafted token and
+        one for the token the target adds. Prompt lookup costs nothing to draft, and only drafts where it finds
+        a match (elsewhere it decodes one token, as without drafts), so its figure is that of a matched cycle.
+        """
+        a = min(acceptance, 0.999)
+        tokens = (1 - a ** (self.k + 1)) / (1 - a)
+        cost = self.target_batch_s
+        if source == "model":
+            if self.draft_one_s is None:
+                return 0.0
+            cost += (self.k + 1) * self.draft_one_s
+        return tokens * self.target_one_s / cost
+
+    def describe(self) -> str:
+        parts = [
+            f"large model {self.target_one_s * 1e3:.1f} ms a token, {self.target_batch_s * 1e3:.1f} ms a "
+            f"{self.k + 1}-token verify batch"
+        ]
+        if self.draft_one_s is not None:
+            parts.append(f"small model {self.draft_one_s * 1e3:.1f} ms a token")
+        return ", ".join(parts)
+
+
+def choose_draft_source(mode: str, *, vocabulary_mismatch: str | None, costs: DecodeCosts | None = None) -> Speculation:
     """The source for a `speculate` setting, given what (if anything) keeps the small model from drafting.
 
     Args:
         vocabulary_mismatch: None where the two vocabularies agree token for token, else how they differ.
+        costs: auto's measured decode costs; auto then drafts only with the source expected to be fastest, and
+            not at all where neither is expected to beat one token per decode by MIN_SPEEDUP.
     """
     if mode == "off":
         return Speculation("off", "speculative decoding is off")
@@ -42,11 +95,30 @@ def choose_draft_source(mode: str, *, vocabulary_mismatch: str | None) -> Specul
         return Speculation("ngram", "prompt lookup in the large model's own context, as asked")
     if mode == "model":
         return Speculation("model", "the small model drafts: the vocabularies agree, as asked")
+    if mode == "auto" and costs is not None:
+        return _cheapest(costs, vocabulary_mismatch)
     if mode == "auto":
         if vocabulary_mismatch is None:
             return Speculation("model", "auto: the vocabularies agree, so the small model drafts")
         return Speculation("ngram", f"auto: prompt lookup, since {vocabulary_mismatch}")
     raise ValueError(f"unknown speculate mode {mode!r}; expected one of {', '.join(SPECULATE_MODES)}")
+
+
+def _cheapest(costs: DecodeCosts, vocabulary_mismatch: str | None) -> Speculation:
+    """auto by measured cost: the small model's drafts where they are expected to pay (they draft at every
+    token), else prompt lookup where its matched drafts are (it drafts only where the context repeats, so it
+    never costs much), else none."""
+    estimates = {"ngram": costs.speedup("ngram", acceptance=ASSUMED_ACCEPTANCE["ngram"])}
+    if vocabulary_mismatch is None:
+        estimates["model"] = costs.speedup("model", acceptance=ASSUMED_ACCEPTANCE["model"])
+    shown = ", ".join(f"{source} {estimate:.2f}x" for source, estimate in sorted(estimates.items()))
+    why = f"measured {costs.describe()}; expected speed-up {shown}"
+    if vocabulary_mismatch is not None:
+        why += f"; no model drafts: {vocabulary_mismatch}"
+    for source in ("model", "ngram"):
+        if estimates.get(source, 0.0) >= MIN_SPEEDUP:
+            return Speculation(source, f"auto: {source} drafts ({why})", costs)
+    return Speculation("off", f"auto: no drafts, none is expected to be faster ({why})", costs)
 
 
 class Drafter(Protocol):

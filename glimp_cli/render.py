@@ -67,8 +67,8 @@ class LiveRenderer:
                 f"{role} = {self.names[role]}   ", style=MODEL_STYLES[role]
             )
         text.append(f"mode {mode} · threshold {threshold:g} nats ({entropy_mode} entropy)", style="dim")
-        if speculation is not None and speculation.source != "off":
-            text.append(f" · large model verifies {speculation.source} drafts ({speculation.reason})", style="dim")
+        if speculation is not None and speculation.legend_text is not None:
+            text.append(f" · {speculation.legend_text}", style="dim")
         self.console.print(text)
 
     def render(self, events: Iterable[Event]) -> Summary | None:

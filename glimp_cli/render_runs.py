@@ -54,9 +54,9 @@ class BenchDisplay:
 
     def speculation(self, speculation: Speculation) -> None:
         """The large model's draft source and why, when it speculates."""
-        if speculation.source != "off":
+        if speculation.legend_text is not None:
             self.console.print(
-                f"large model verifies {speculation.source} drafts ({speculation.reason})",
+                speculation.legend_text,
                 style="dim",
                 markup=False,
                 soft_wrap=True,

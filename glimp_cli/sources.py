@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
 from pathlib import Path
 
 from glimp_cli.config import ModelSpec
 from glimp_cli.errors import ModelFileError
 from glimp_cli.hub import hf_file
+from glimp_cli.parts import assemble as assemble_parts
+from glimp_cli.parts import parts_status
 
 GGUF_MAGIC = b"GGUF"
 
@@ -26,7 +29,27 @@ def _model_path(spec: ModelSpec, *, download: bool, assemble: bool) -> Path:
         return path if path.is_absolute() else Path(spec.base_dir) / path
     if spec.package:
         return _package_file(spec, assemble=assemble)
+    if spec.parts:
+        return assemble_parts(spec, progress=_stderr_progress(spec)) if assemble else parts_status(spec)
     return hf_file(spec, download=download)
+
+
+def _stderr_progress(spec: ModelSpec):
+    """A plain line on stderr at every tenth of an assembly (a one-time step, before any model loads)."""
+    shown = [-1]
+
+    def progress(written: int, total: int) -> None:
+        tenth = written * 10 // total
+        if tenth != shown[0]:
+            shown[0] = tenth
+            print(
+                f"glimp: assembling model '{spec.name}' from its part packages: {tenth * 10}% "
+                f"({written / 1e6:,.0f} of {total / 1e6:,.0f} MB)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return progress
 
 
 def check_gguf(path: Path, *, model: str) -> None:

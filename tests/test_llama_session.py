@@ -7,7 +7,6 @@ import math
 
 import llama_cpp  # isort: skip
 import pytest
-from llama_cpp import Llama
 
 from glimp_cli.entropy import full_entropy, initial_token_entropy, topk_entropy
 from glimp_cli.policy import make_policy
@@ -16,7 +15,7 @@ from glimp_cli.router import run
 from glimp_cli.session import Sampling
 
 from conftest import NATALIA, gsm8k_problem
-from step_helpers import write
+from step_helpers import crossing_offset, reference_continuation, write
 
 GREEDY = Sampling(temperature=0.0)
 
@@ -29,35 +28,6 @@ def reference_entropy(logits, k=None) -> float:
     top = values[0]
     log_z = top + math.log(math.fsum(math.exp(v - top) for v in values))
     return -math.fsum(math.exp(v - log_z) * (v - log_z) for v in values)
-
-
-def reference_continuation(session, problem: str, n_tokens: int) -> tuple[str, list[int]]:
-    """llama-cpp-python generating alone (its own loop, greedy) from the same prompt."""
-    llm = Llama(
-        model_path=session._llm.model_path, n_ctx=session.spec.n_ctx, n_threads=2, logits_all=False, verbose=False
-    )
-    tokens = []
-    for token in llm.generate(
-        session.prompt_tokens(problem), temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0
-    ):
-        if llm._model.token_eos() == token or len(tokens) >= n_tokens:
-            break
-        tokens.append(token)
-    text = b"".join(session._piece_bytes(t) for t in tokens).decode("utf-8", errors="replace")
-    return text, tokens
-
-
-def crossing_offset(session, tokens: list[int], delimiter: str) -> int | None:
-    """Text offset of the first token that runs past a delimiter (where routing re-tokenizes)."""
-    body = b""
-    for token in tokens:
-        piece = session._piece_bytes(token)
-        start = max(0, len(body) - len(delimiter) + 1)
-        body += piece
-        at = body.find(delimiter.encode(), start)
-        if at >= 0 and at + len(delimiter) < len(body):
-            return len(body[: at + len(delimiter)].decode("utf-8", errors="replace"))
-    return None
 
 
 def thinking_text(summary) -> str:

@@ -15,6 +15,7 @@ import pytest
 
 from glimp_cli.backend import ModelDrafter, draftable_tokens, open_session
 from glimp_cli.config import ModelSpec, PairSpec, router_settings
+from glimp_cli.drafting import DecodeCosts, choose_draft_source
 from glimp_cli.policy import make_policy
 from glimp_cli.router import run
 from glimp_cli.session import Sampling
@@ -114,7 +115,7 @@ def test_a_probability_bound_drafts_less_and_keeps_the_text(tiny, p_min):
     assert bounded.large.acceptance_rate >= free.large.acceptance_rate
 
 
-def test_ask_with_auto_speculation_picks_the_small_model_for_a_qwen_pair_and_says_why(tiny_models, tmp_path):
+def test_ask_with_auto_speculation_chooses_by_measured_cost_and_says_why(tiny_models, tmp_path):
     args = [
         "ask", PROBLEM, "--json", "--small", str(tiny_models.qwen3_small), "--large", str(tiny_models.qwen3_large),
         "--speculate", "auto", "--temperature", "0", "--thinking-budget", "64", "--threshold", str(THRESHOLD),
@@ -124,11 +125,13 @@ def test_ask_with_auto_speculation_picks_the_small_model_for_a_qwen_pair_and_say
     )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert lines[0] == {
-        "type": "speculation",
-        "source": "model",
-        "reason": "auto: the vocabularies agree, so the small model drafts",
-    }
+    assert lines[0]["type"] == "speculation"
+    costs = DecodeCosts(**lines[0]["costs"])
+    assert costs.k == 3 and costs.draft_one_s > 0  # the vocabularies agree: the small model was measured too
+    # the choice is the one the measured costs give (tested on exact costs in test_speculative)
+    expected = choose_draft_source("auto", vocabulary_mismatch=None, costs=costs)
+    assert (lines[0]["source"], lines[0]["reason"]) == (expected.source, expected.reason)
     summary = lines[-1]
     assert summary["type"] == "summary" and summary["drafted_tokens"]["small"] == 0
+    assert (summary["verify_calls"]["large"] > 0) == (expected.source != "off")
     assert result.stderr == ""  # the exact settings are the defaults when speculating: no note

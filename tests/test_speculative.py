@@ -17,10 +17,10 @@ import llama_cpp  # isort: skip
 import pytest
 from rich.console import Console
 
-from glimp_cli import bench, cli
+from glimp_cli import backend, bench, cli
 from glimp_cli.backend import ModelDrafter, draftable_tokens, open_session
 from glimp_cli.config import PairSpec, load_config, override_pair, router_settings
-from glimp_cli.drafting import NgramDrafter, Speculation, choose_draft_source
+from glimp_cli.drafting import DecodeCosts, NgramDrafter, Speculation, choose_draft_source
 from glimp_cli.errors import ConfigError
 from glimp_cli.events import ModelTotals, Summary, summary_record
 from glimp_cli.policy import make_policy
@@ -100,6 +100,64 @@ def test_auto_picks_the_small_model_where_the_vocabularies_agree_and_prompt_look
     assert choose_draft_source("auto", vocabulary_mismatch=differ) == Speculation(
         "ngram", f"auto: prompt lookup, since {differ}"
     )
+
+
+# A draft cycle's expected tokens at 80% acceptance and k = 3: (1 - 0.8^4) / 0.2
+CYCLE_TOKENS = (1 - 0.8**4) / 0.2  # 2.952
+
+
+def test_expected_speedup_of_a_draft_cycle_from_measured_costs():
+    cpu = DecodeCosts(target_one_s=0.05, target_batch_s=0.15, draft_one_s=0.02, k=3)
+    # model: the verify batch and four small-model decodes (three drafts, one for the target's own token)
+    assert cpu.speedup("model", acceptance=0.8) == pytest.approx(CYCLE_TOKENS * 0.05 / (0.15 + 4 * 0.02))
+    assert cpu.speedup("ngram", acceptance=0.8) == pytest.approx(CYCLE_TOKENS * 0.05 / 0.15)
+    assert cpu.speedup("model", acceptance=1.0) == pytest.approx((1 - 0.999**4) / 0.001 * 0.05 / 0.23)
+    assert DecodeCosts(0.05, 0.15, None, k=3).speedup("model", acceptance=0.8) == 0.0
+
+
+def test_auto_drafts_only_where_the_measured_costs_say_it_pays():
+    # a GPU-like target: a verify batch costs about one token, the small model a fifth of it
+    gpu = DecodeCosts(target_one_s=0.020, target_batch_s=0.022, draft_one_s=0.004, k=3)
+    chosen = choose_draft_source("auto", vocabulary_mismatch=None, costs=gpu)
+    assert chosen.source == "model" and chosen.costs == gpu
+    assert chosen.reason == (
+        "auto: model drafts (measured large model 20.0 ms a token, 22.0 ms a 4-token verify batch, small model "
+        "4.0 ms a token; expected speed-up model 1.55x, ngram 2.68x)"
+    )
+    differ = "the vocabularies differ: token 0 is 'a' in 's' and 'b' in 'l'"
+    assert choose_draft_source("auto", vocabulary_mismatch=differ, costs=gpu).source == "ngram"
+    # this CPU's Qwen2.5-Coder pair: a 4-token batch costs ~3 tokens, the small model ~0.45 of one
+    cpu = DecodeCosts(target_one_s=0.0539, target_batch_s=0.1531, draft_one_s=0.0229, k=3)
+    off = choose_draft_source("auto", vocabulary_mismatch=None, costs=cpu)
+    assert off.source == "off"
+    assert off.reason.startswith("auto: no drafts, none is expected to be faster (measured large model 53.9 ms")
+    assert off.reason.endswith("expected speed-up model 0.65x, ngram 1.04x)")
+    assert off.legend_text == off.reason  # auto says why it drafts nothing
+    assert Speculation("off", "speculative decoding is off").legend_text is None
+    # prompt lookup where model drafts do not pay but a matched lookup draft does
+    cheap_batch = DecodeCosts(target_one_s=0.05, target_batch_s=0.1, draft_one_s=0.04, k=3)
+    assert choose_draft_source("auto", vocabulary_mismatch=None, costs=cheap_batch).source == "ngram"
+    assert choose_draft_source("model", vocabulary_mismatch=None, costs=cpu).source == "model"  # as asked
+
+
+def test_decode_costs_leave_the_sessions_as_they_were(demo_pair):
+    _, small, large = demo_pair
+    greedy = Sampling(temperature=0.0)
+    before = {}
+    for session in (small, large):
+        session.start(NATALIA, sampling=greedy)
+        before[session.name] = session.next_token_logits()
+    costs = backend.decode_costs(small, large, k=3)
+    assert costs.k == 3 and costs.target_one_s > 0 and costs.target_batch_s > 0 and costs.draft_one_s > 0
+    for session in (small, large):
+        assert session.evaluated_tokens() == 0
+        session.start(NATALIA, sampling=greedy)
+        assert (session.next_token_logits() == before[session.name]).all()  # bit for bit
+    assert backend.decode_costs(None, large, k=1).draft_one_s is None
+
+
+def test_explicit_sources_are_taken_as_asked():
+    differ = "the vocabularies differ: token 0 is 'a' in 's' and 'b' in 'l'"
     assert choose_draft_source("ngram", vocabulary_mismatch=None).source == "ngram"
     assert choose_draft_source("model", vocabulary_mismatch=None).source == "model"
     assert choose_draft_source("off", vocabulary_mismatch=differ).source == "off"
@@ -682,7 +740,7 @@ def test_sampled_steps_with_drafts_follow_the_models_own_distribution(exact):
     assert same_distribution_p(plain, hotter) <= FALSE_ALARM
 
 
-def test_a_served_large_model_cannot_verify_drafts_and_a_served_small_model_cannot_draft():
+def test_a_served_large_model_cannot_verify_drafts_and_a_served_small_model_cannot_draft(monkeypatch):
     import types
 
     from glimp_cli.cli import speculate_with
@@ -700,9 +758,19 @@ def test_a_served_large_model_cannot_verify_drafts_and_a_served_small_model_cann
         "(set speculate: off for this pair)"
     )
     small, large = session("s", **served), session("big", **local)
+    measured = []
+
+    def costs(drafter, target, *, k):
+        measured.append((drafter, target, k))
+        return DecodeCosts(target_one_s=0.05, target_batch_s=0.1, draft_one_s=None, k=k)
+
+    monkeypatch.setattr(backend, "decode_costs", costs)
     auto = speculate_with(small, large, PairSpec("p", "s", "big", speculate="auto"))
-    assert auto == Speculation(
-        "ngram", "auto: prompt lookup, since 's' is served at a url: only an in-process small model drafts"
+    assert measured == [(None, large, 3)]  # a served small model is not measured: it cannot draft
+    assert auto.source == "ngram"
+    assert auto.reason == (
+        "auto: ngram drafts (measured large model 50.0 ms a token, 100.0 ms a 4-token verify batch; expected "
+        "speed-up ngram 1.48x; no model drafts: 's' is served at a url: only an in-process small model drafts)"
     )
     assert isinstance(large.speculate, NgramDrafter)
     with pytest.raises(ConfigError) as error:
