@@ -29,18 +29,20 @@ from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAIR = "qwen2.5-coder"
-STAGES = ("routing", "math500", "speculation")
+STAGES = ("routing", "math500", "speculation", "answer-last")
 ROUTING_MODES = "small,large,glimp,random"
 GSM8K_OFFSET = 100  # problems 0-11 calibrated the pair's threshold: the reported ones start well past them
 DRAFT_SOURCES = ("off", "ngram", "model")
 
 
-def bench(data: Path, out: Path, *, offset: int, limit: int, modes: str, speculate: str = "off") -> list[dict]:
+def bench(
+    data: Path, out: Path, *, offset: int, limit: int, modes: str, speculate: str = "off", extra: tuple[str, ...] = ()
+) -> list[dict]:
     """One `glimp bench` run (resumed where its directory holds one); its records."""
     command = [
         sys.executable, "-m", "glimp_cli", "bench", str(data), "--pair", PAIR, "--modes", modes,
         "--offset", str(offset), "--limit", str(limit), "--temperature", "0", "--speculate", speculate,
-        "--out", str(out), "--json",
+        "--out", str(out), "--json", *extra,
     ]  # fmt: skip
     if (out / "results.jsonl").exists():
         command.append("--resume")
@@ -214,24 +216,45 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["math500"] = {"rows": mode_rows(records), "why": why(records, threshold=args.threshold)}
     if "speculation" in stages:
-        runs = {
-            source: bench(
-                args.data / "gsm8k.jsonl",
-                args.out / f"speculation-{source}",
-                offset=GSM8K_OFFSET,
-                limit=args.speculation,
-                modes="large,glimp",
-                speculate=source,
-            )  # fmt: skip
+        wanted = range(GSM8K_OFFSET, GSM8K_OFFSET + args.speculation)
+        runs = {  # without drafts: the routing stage's records of the same problems
+            source: [
+                record
+                for record in bench(
+                    args.data / "gsm8k.jsonl",
+                    args.out / ("gsm8k" if source == "off" else f"speculation-{source}"),
+                    offset=GSM8K_OFFSET,
+                    limit=args.speculation,
+                    modes="large,glimp",
+                    speculate=source,
+                )
+                if record["mode"] in ("large", "glimp") and record["id"] in wanted
+            ]
             for source in DRAFT_SOURCES
         }
         rows = []
+        off_large = statistics.fmean(r["latency_s"] for r in runs["off"] if r["mode"] == "large")
         for source, records in runs.items():
             for row in mode_rows(records):
-                same, n = texts_equal(runs["off"], records)
-                row.update(mode=f"{row['mode']} + {source}", same_text=f"{same}/{n}")
+                mode = row["mode"]
+                same, n = texts_equal(runs["off"], [r for r in records if r["mode"] == mode])
+                row.update(
+                    mode=f"{mode} + {source}", same_text=f"{same}/{n}", vs_large=row["latency_mean_s"] / off_large
+                )
                 rows.append(row)
         result["speculation"] = {"rows": rows}
+    if "answer-last" in stages:
+        # glimp with the answer by the model that wrote the last step (not always the large one): the answer of
+        # this non-reasoning pair is the \boxed{} value, which the last writer has just worked out
+        data = args.data / "gsm8k.jsonl"
+        baseline = bench(data, args.out / "gsm8k", offset=GSM8K_OFFSET, limit=args.gsm8k, modes="large,glimp")
+        variant = bench(
+            data, args.out / "gsm8k-answer-last", offset=GSM8K_OFFSET, limit=args.gsm8k, modes="glimp",
+            extra=("--answer-by", "last"),
+        )  # fmt: skip
+        for record in variant:
+            record["mode"] = "glimp, answer by last"
+        result["answer-last"] = {"rows": mode_rows(baseline + variant)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

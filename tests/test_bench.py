@@ -188,6 +188,12 @@ def test_glimp_record_holds_exact_counts_entropies_and_check(tmp_path):
         "cached_tokens": {"small": None, "large": None},  # in-process models report no prefix cache
         "entropies": [0.0, round(LN8, 6), 0.0, 0.0],
         "finish_reason": "answer_marker",
+        "trace": [  # each step's model, tokens and text
+            ["small", 15, "small step 1.\n\n"],
+            ["large", 15, "large step 2.\n\n"],
+            ["small", 15, "small step 3.\n\n"],
+            ["small", 10, "So \\boxed{"],
+        ],
     }
     assert first["latency_s"] > 0
 

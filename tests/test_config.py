@@ -200,7 +200,7 @@ def test_model_with_two_sources_is_rejected(tmp_path):
     )
     assert (
         message
-        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf, url (has path, hf)"
+        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf, url, parts (has path, hf)"
     )
 
 
@@ -208,7 +208,7 @@ def test_model_without_a_source_is_rejected(tmp_path):
     message = _config_error(tmp_path, VALID.replace("    path: small.gguf\n", "    n_ctx: 2048\n"))
     assert (
         message
-        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf, url (has none)"
+        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf, url, parts (has none)"
     )
 
 

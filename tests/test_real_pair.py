@@ -87,7 +87,8 @@ def test_the_pair_shares_one_vocabulary(real_pair):
     _, small, large = real_pair
     draftable, mismatch = draftable_tokens(small, large)
     assert mismatch is None
-    assert len(draftable) == 151665 and int(draftable.sum()) == 151643  # Qwen2's BPE and its text tokens
+    # 151,936 ids (padded); draftable: its 151,644 text tokens, none of the control, end-of-turn or padding ids
+    assert len(draftable) == 151936 and int(draftable.sum()) == 151644
 
 
 def test_greedy_large_mode_is_llama_cpp_pythons_own_greedy_text(real_pair):
@@ -143,7 +144,9 @@ def test_a_three_problem_bench_on_the_real_pair(tmp_path):
         thinking_tokens = sum(tokens for _, tokens, _ in record["trace"])
         small_tokens = sum(tokens for model, tokens, _ in record["trace"] if model == "small")
         assert thinking_tokens <= BUDGET and small_tokens == record["tokens"]["small"]  # the answer is the large's
-        assert 0 < record["tokens"]["large"] - (thinking_tokens - small_tokens) <= 32  # answer_max_tokens
+        assert 0 <= record["tokens"]["large"] - (thinking_tokens - small_tokens) <= 32  # answer_max_tokens
         assert record["answer_model"] == "large"
     summary = json.loads(result.stdout)
-    assert summary["conditions"][0]["problems"] == 3
+    assert summary["conditions"][0]["n"] == 3 and summary["conditions"][0]["large_steps"] == sum(
+        r["large_steps"] for r in records
+    )

@@ -194,7 +194,7 @@ def test_a_url_model_loads_with_its_server_keys(tmp_path):
     [
         (
             "    url: http://h/v1\n    path: x.gguf\n    model: m\n",
-            "needs exactly one of path, package, hf, url (has path, url)",
+            "needs exactly one of path, package, hf, url, parts (has path, url)",
         ),
         ("    url: http://h/v1\n    prompt: 'Q: {problem}'\n", "has a url: add 'model'"),
         ("    url: http://h/v1\n    model: m\n", "set 'prompt' (a template with {problem}) or 'chat_template'"),
