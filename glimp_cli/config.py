@@ -452,9 +452,7 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def _check_remote_keys(name: str, values: dict[str, Any], where) -> None:
     """A url model names its served model and has a way to build its prompt; the url keys go with url only."""
     if not values.get("url"):
-        for key in REMOTE_ONLY_KEYS:
-            if key in values:
-                raise ConfigError(f"{where('models', name, key)}: model '{name}': '{key}' goes with 'url' only")
+        _refuse_keys_without("url", REMOTE_ONLY_KEYS, name, values, where)
         return
     if not values.get("model"):
         raise ConfigError(
@@ -482,9 +480,7 @@ PARTS_ONLY_KEYS = ("size", "sha256", "extra")
 def _check_parts_keys(name: str, values: dict[str, Any], where) -> None:
     """A parts model pins its assembled file by size and sha256 (nothing unverified is ever used)."""
     if not values.get("parts"):
-        for key in PARTS_ONLY_KEYS:
-            if key in values:
-                raise ConfigError(f"{where('models', name, key)}: model '{name}': '{key}' goes with 'parts' only")
+        _refuse_keys_without("parts", PARTS_ONLY_KEYS, name, values, where)
         return
     missing = [key for key in ("size", "sha256") if values.get(key) is None]
     if missing:
@@ -492,6 +488,13 @@ def _check_parts_keys(name: str, values: dict[str, Any], where) -> None:
             f"{where('models', name)}: model '{name}' has parts: add {' and '.join(missing)} "
             "(of the assembled file), so that a changed part is refused"
         )
+
+
+def _refuse_keys_without(source: str, keys: tuple[str, ...], name: str, values: dict[str, Any], where) -> None:
+    """A ConfigError for the first of `keys` set on a model without `source` (they mean nothing without it)."""
+    for key in keys:
+        if key in values:
+            raise ConfigError(f"{where('models', name, key)}: model '{name}': '{key}' goes with '{source}' only")
 
 
 def _build_pair(name: str, body: Any, where, models: dict[str, ModelSpec]) -> PairSpec:

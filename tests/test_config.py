@@ -199,16 +199,16 @@ def test_model_with_two_sources_is_rejected(tmp_path):
         tmp_path, VALID.replace("    path: small.gguf\n", "    path: small.gguf\n    hf: a/b/c.gguf\n")
     )
     assert (
-        message
-        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf, url, parts (has path, hf)"
+        message == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf, url, parts "
+        "(has path, hf)"
     )
 
 
 def test_model_without_a_source_is_rejected(tmp_path):
     message = _config_error(tmp_path, VALID.replace("    path: small.gguf\n", "    n_ctx: 2048\n"))
     assert (
-        message
-        == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf, url, parts (has none)"
+        message == f"{tmp_path / 'models.yaml'}:2: model 'small-m' needs exactly one of path, package, hf, url, parts "
+        "(has none)"
     )
 
 
