@@ -746,41 +746,43 @@ def decode_costs(small: LlamaSession | None, large: LlamaSession, *, k: int) -> 
 
     Called before a session starts: the sessions' caches are empty before and after (cleared at the end).
     """
-    target_one = _decode_seconds(large, batch=1)
-    target_batch = _decode_seconds(large, batch=k + 1)
-    draft_one = _decode_seconds(small, batch=1) if small is not None else None
+    target_one, target_batch = _decode_seconds(large, batches=(1, k + 1))
+    draft_one = _decode_seconds(small, batches=(1,))[0] if small is not None else None
     return DecodeCosts(target_one_s=target_one, target_batch_s=target_batch, draft_one_s=draft_one, k=k)
 
 
-def _decode_seconds(session: LlamaSession, *, batch: int) -> float:
-    """Median seconds of one llama_decode of `batch` tokens (logits at every row, as a verify batch) after a
-    COST_CONTEXT_TOKENS-token context; the cache is empty again afterwards."""
+def _decode_seconds(session: LlamaSession, *, batches: tuple[int, ...]) -> list[float]:
+    """Median seconds of one llama_decode of each of `batches` tokens (logits at every row, as a verify batch)
+    after one COST_CONTEXT_TOKENS-token context, prefilled once for all of them; the cache is empty afterwards."""
     llm = session._llm
     token = int(llama_cpp.llama_vocab_bos(session._vocab))
     token = token if token >= 0 else 0
-    start = min(COST_CONTEXT_TOKENS, session._n_ctx - batch - 1)
+    start = min(COST_CONTEXT_TOKENS, session._n_ctx - max(batches) - 1)
     llm._ctx.kv_cache_clear()
     llm.n_tokens = 0
+    medians = []
     try:
         llm.eval([token] * start)
-        scratch = session._verify_batch(batch).batch
-        scratch.n_tokens = batch
-        seconds = []
-        for _ in range(COST_REPEATS):
-            for i in range(batch):
-                scratch.token[i] = token
-                scratch.pos[i] = start + i
-            began = time.perf_counter()
-            code = llama_cpp.llama_decode(llm.ctx, scratch)
-            seconds.append(time.perf_counter() - began)
-            llm._ctx.kv_cache_seq_rm(-1, start, -1)
-            if code != 0:
-                raise RunError(f"model '{session.name}': llama_decode returned {code} measuring decode costs")
+        for batch in batches:
+            scratch = session._verify_batch(batch).batch
+            scratch.n_tokens = batch
+            seconds = []
+            for _ in range(COST_REPEATS):
+                for i in range(batch):
+                    scratch.token[i] = token
+                    scratch.pos[i] = start + i
+                began = time.perf_counter()
+                code = llama_cpp.llama_decode(llm.ctx, scratch)
+                seconds.append(time.perf_counter() - began)
+                llm._ctx.kv_cache_seq_rm(-1, start, -1)
+                if code != 0:
+                    raise RunError(f"model '{session.name}': llama_decode returned {code} measuring decode costs")
+            medians.append(statistics.median(seconds))
     finally:
         llm._ctx.kv_cache_clear()
         llm.n_tokens = 0
         session._last_row = -1
-    return statistics.median(seconds)
+    return medians
 
 
 def open_session(spec: ModelSpec, *, download: bool = False) -> LlamaSession:

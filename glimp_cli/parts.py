@@ -68,7 +68,7 @@ def part_files(spec: ModelSpec) -> list[Path]:
 def parts_status(spec: ModelSpec) -> Path:
     """The assembled file if it is there (never writes); PartsError / ModelFileError saying what is missing."""
     target = assembled_path(spec)
-    if target.is_file() and target.stat().st_size == spec.size:
+    if _is_whole(target, spec):
         return target
     part_files(spec)  # a missing part is the first thing to say
     raise ModelFileError(
@@ -80,7 +80,7 @@ def parts_status(spec: ModelSpec) -> Path:
 def assemble(spec: ModelSpec, *, progress: Progress | None = None) -> Path:
     """The model's GGUF file, assembled from its part packages into the cache on first use and verified."""
     target = assembled_path(spec)
-    if target.is_file() and target.stat().st_size == spec.size:
+    if _is_whole(target, spec):
         return target
     pieces = part_files(spec)
     total = sum(piece.stat().st_size for piece in pieces)
@@ -92,13 +92,18 @@ def assemble(spec: ModelSpec, *, progress: Progress | None = None) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock"):  # a second glimp waits for the first one's file instead of redoing it
-            if target.is_file() and target.stat().st_size == spec.size:
+            if _is_whole(target, spec):
                 return target
             _write_verified(spec, pieces, target, progress)
     except OSError as exc:
         where = exc.filename or target
         raise ModelFileError(f"model '{spec.name}': cannot write {where}: {exc.strerror or exc}") from exc
     return target
+
+
+def _is_whole(target: Path, spec: ModelSpec) -> bool:
+    """A file at the target name was renamed there only after its checksum matched: its size is check enough."""
+    return target.is_file() and target.stat().st_size == spec.size
 
 
 def _write_verified(spec: ModelSpec, pieces: list[Path], target: Path, progress: Progress | None) -> None:
